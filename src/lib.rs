@@ -1,0 +1,12 @@
+//! berth: stateful local volumes for Marathon apps, declared as Kubernetes custom resources.
+//!
+//! - [`crd`]: the `StatefulLocalVolume` API (spec, status, validation).
+//! - [`tenant`]: tenant roots, user paths and app-id rules (the chroot).
+//! - [`agent`]: the privileged host agent that creates volumes beneath a tenant root.
+//! - [`marathon`]: the Marathon REST client (apps, deployments, queue, events, constraints).
+pub mod agent;
+pub mod crd;
+pub mod marathon;
+pub mod telemetry;
+pub mod tenant;
+pub mod tls;

@@ -1,0 +1,1 @@
+//! The Marathon client (stub: filled in by the Marathon issue).
