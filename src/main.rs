@@ -2,7 +2,11 @@
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "berth", version, about = "Stateful local volumes for Marathon apps, declared as Kubernetes custom resources")]
+#[command(
+    name = "berth",
+    version,
+    about = "Stateful local volumes for Marathon apps, declared as Kubernetes custom resources"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -25,7 +29,9 @@ async fn main() -> std::process::ExitCode {
             berth::telemetry::init();
             berth::agent::run(args).await.map_err(|e| e.to_string())
         }
-        Command::Crd => berth::crd::crd_yaml().map(|y| print!("{y}")).map_err(|e| e.to_string()),
+        Command::Crd => berth::crd::crd_yaml()
+            .map(|y| print!("{y}"))
+            .map_err(|e| e.to_string()),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -45,11 +45,15 @@ pub enum PathError {
     ComponentTooLong { len: usize },
     #[error("is {len} bytes long; the limit is {limit}")]
     TooLong { len: usize, limit: usize },
-    #[error("{0:?} is not a valid tenant name: use a DNS label (lower-case letters, digits and '-', starting and ending with a letter or digit, at most 63 characters)")]
+    #[error(
+        "{0:?} is not a valid tenant name: use a DNS label (lower-case letters, digits and '-', starting and ending with a letter or digit, at most 63 characters)"
+    )]
     BadTenant(String),
     #[error("{0:?} is not a valid Marathon app id: {1}")]
     BadAppId(String, &'static str),
-    #[error("app {app:?} is outside the tenant's Marathon group {group:?}: a tenant may only use apps under its own group")]
+    #[error(
+        "app {app:?} is outside the tenant's Marathon group {group:?}: a tenant may only use apps under its own group"
+    )]
     AppOutsideGroup { app: String, group: String },
     #[error("template {0:?} is invalid: {1}")]
     BadTemplate(String, &'static str),
@@ -84,7 +88,8 @@ fn is_dns_label(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= 63
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
 }
@@ -107,7 +112,10 @@ impl VolumePath {
             return Err(PathError::NotAbsolute(s.to_owned()));
         }
         if s.len() >= MAX_PATH_BYTES {
-            return Err(PathError::TooLong { len: s.len(), limit: MAX_PATH_BYTES - 1 });
+            return Err(PathError::TooLong {
+                len: s.len(),
+                limit: MAX_PATH_BYTES - 1,
+            });
         }
         let mut components = Vec::new();
         for c in s.split('/').filter(|c| !c.is_empty()) {
@@ -185,21 +193,29 @@ pub struct RootTemplate {
 impl RootTemplate {
     pub fn parse(template: &str) -> Result<Self, PathError> {
         let bad = |why| PathError::BadTemplate(template.to_owned(), why);
-        let (dir, last) = template.rsplit_once('/').ok_or_else(|| bad("it must be an absolute path"))?;
+        let (dir, last) = template
+            .rsplit_once('/')
+            .ok_or_else(|| bad("it must be an absolute path"))?;
         let (prefix, suffix) = last
             .split_once(TENANT_PLACEHOLDER)
             .ok_or_else(|| bad("its last component must contain {tenant}"))?;
         if dir.contains(TENANT_PLACEHOLDER) || suffix.contains(TENANT_PLACEHOLDER) {
             return Err(bad("{tenant} may appear only once, in the last component"));
         }
-        let base = VolumePath::parse(dir).map_err(|_| bad("the directory holding the tenant roots must be a plain absolute path below '/'"))?;
+        let base = VolumePath::parse(dir).map_err(|_| {
+            bad("the directory holding the tenant roots must be a plain absolute path below '/'")
+        })?;
         for part in [prefix, suffix] {
             check_chars(part).map_err(|_| bad("the last component holds a forbidden character"))?;
             if part.contains('/') {
                 return Err(bad("{tenant} must be in the last component"));
             }
         }
-        Ok(Self { base, prefix: prefix.to_owned(), suffix: suffix.to_owned() })
+        Ok(Self {
+            base,
+            prefix: prefix.to_owned(),
+            suffix: suffix.to_owned(),
+        })
     }
 
     /// The directory holding all tenant roots, e.g. `/containerdata`.
@@ -253,7 +269,10 @@ impl TenantRoot {
         }
         let len = p.as_os_str().len();
         if len >= MAX_PATH_BYTES {
-            return Err(PathError::TooLong { len, limit: MAX_PATH_BYTES - 1 });
+            return Err(PathError::TooLong {
+                len,
+                limit: MAX_PATH_BYTES - 1,
+            });
         }
         Ok(p)
     }
@@ -273,8 +292,11 @@ impl AppGroupRule {
             return Err(bad("it must contain {tenant} exactly once"));
         }
         let sample = template.replace(TENANT_PLACEHOLDER, "tenant");
-        MarathonAppId::parse(sample.trim_end_matches('/')).map_err(|_| bad("it must be an absolute Marathon group id"))?;
-        Ok(Self { template: template.trim_end_matches('/').to_owned() })
+        MarathonAppId::parse(sample.trim_end_matches('/'))
+            .map_err(|_| bad("it must be an absolute Marathon group id"))?;
+        Ok(Self {
+            template: template.trim_end_matches('/').to_owned(),
+        })
     }
 
     /// The tenant's group, e.g. `/toto`.
@@ -286,8 +308,17 @@ impl AppGroupRule {
     pub fn check(&self, tenant: &TenantId, app: &str) -> Result<MarathonAppId, PathError> {
         let id = MarathonAppId::parse(app)?;
         let group = self.group(tenant);
-        let inside = id.0.strip_prefix(&group).is_some_and(|rest| rest.starts_with('/') && rest.len() > 1);
-        if inside { Ok(id) } else { Err(PathError::AppOutsideGroup { app: app.to_owned(), group }) }
+        let inside =
+            id.0.strip_prefix(&group)
+                .is_some_and(|rest| rest.starts_with('/') && rest.len() > 1);
+        if inside {
+            Ok(id)
+        } else {
+            Err(PathError::AppOutsideGroup {
+                app: app.to_owned(),
+                group,
+            })
+        }
     }
 }
 
@@ -306,7 +337,9 @@ pub struct MarathonAppId(String);
 impl MarathonAppId {
     pub fn parse(s: &str) -> Result<Self, PathError> {
         let bad = |why| PathError::BadAppId(s.to_owned(), why);
-        let rest = s.strip_prefix('/').ok_or_else(|| bad("it must be absolute, starting with '/'"))?;
+        let rest = s
+            .strip_prefix('/')
+            .ok_or_else(|| bad("it must be absolute, starting with '/'"))?;
         if rest.is_empty() {
             return Err(bad("it must name an app, not the root group"));
         }
@@ -318,20 +351,29 @@ impl MarathonAppId {
             if *seg == "." || *seg == ".." {
                 return Err(bad("'.' and '..' segments are not allowed"));
             }
-            let ok = seg.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'.')
+            let ok = seg
+                .bytes()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'.')
                 && !seg.starts_with('-')
                 && !seg.ends_with('-');
             if !ok {
-                return Err(bad("segments may contain only a-z, 0-9, '-' and '.', and may not start or end with '-'"));
+                return Err(bad(
+                    "segments may contain only a-z, 0-9, '-' and '.', and may not start or end with '-'",
+                ));
             }
-            if seg.split('.').any(|label| label.is_empty() || label.starts_with('-') || label.ends_with('-')) {
+            if seg
+                .split('.')
+                .any(|label| label.is_empty() || label.starts_with('-') || label.ends_with('-'))
+            {
                 return Err(bad("dots must separate DNS-style labels"));
             }
         }
         if let Some(last) = segments.last()
             && matches!(*last, "restart" | "tasks" | "versions")
         {
-            return Err(bad("the last segment may not be 'restart', 'tasks' or 'versions'"));
+            return Err(bad(
+                "the last segment may not be 'restart', 'tasks' or 'versions'",
+            ));
         }
         Ok(Self(s.to_owned()))
     }

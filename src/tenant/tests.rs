@@ -9,18 +9,29 @@ fn toto() -> TenantId {
 }
 
 fn host_path(p: &str) -> Result<PathBuf, PathError> {
-    RootTemplate::default().root(&toto()).host_path(&VolumePath::parse(p)?)
+    RootTemplate::default()
+        .root(&toto())
+        .host_path(&VolumePath::parse(p)?)
 }
 
 #[test]
 fn chroots_a_host_path_under_the_tenant_root() {
-    assert_eq!(host_path("/var/log").unwrap(), PathBuf::from("/containerdata/user-toto/var/log"));
-    assert_eq!(host_path("/etc/localtime").unwrap(), PathBuf::from("/containerdata/user-toto/etc/localtime"));
+    assert_eq!(
+        host_path("/var/log").unwrap(),
+        PathBuf::from("/containerdata/user-toto/var/log")
+    );
+    assert_eq!(
+        host_path("/etc/localtime").unwrap(),
+        PathBuf::from("/containerdata/user-toto/etc/localtime")
+    );
 }
 
 #[test]
 fn folds_double_slashes() {
-    assert_eq!(host_path("//var///log").unwrap(), PathBuf::from("/containerdata/user-toto/var/log"));
+    assert_eq!(
+        host_path("//var///log").unwrap(),
+        PathBuf::from("/containerdata/user-toto/var/log")
+    );
     assert_eq!(VolumePath::parse("/a//b").unwrap().as_string(), "/a/b");
 }
 
@@ -40,8 +51,14 @@ fn rejects_each_bad_path_with_a_precise_error() {
         ("/var/log\n/x", PathError::ForbiddenChar("a newline")),
         ("/var/log\r", PathError::ForbiddenChar("a carriage return")),
         ("/var/log\t", PathError::ForbiddenChar("a control character")),
-        ("/var:/etc", PathError::ForbiddenChar("':' (it splits Docker's -v source:target:mode)")),
-        ("/a,b", PathError::ForbiddenChar("',' (it splits Marathon's and Docker's option lists)")),
+        (
+            "/var:/etc",
+            PathError::ForbiddenChar("':' (it splits Docker's -v source:target:mode)"),
+        ),
+        (
+            "/a,b",
+            PathError::ForbiddenChar("',' (it splits Marathon's and Docker's option lists)"),
+        ),
         ("/a\\b", PathError::ForbiddenChar("a backslash")),
         ("/vаr", PathError::NonAscii('а')),
     ];
@@ -55,9 +72,18 @@ fn rejects_over_long_components_and_paths() {
     let ok = format!("/{}", "a".repeat(255));
     assert!(VolumePath::parse(&ok).is_ok());
     let long_name = format!("/{}", "a".repeat(256));
-    assert_eq!(VolumePath::parse(&long_name), Err(PathError::ComponentTooLong { len: 256 }));
+    assert_eq!(
+        VolumePath::parse(&long_name),
+        Err(PathError::ComponentTooLong { len: 256 })
+    );
     let long_path = "/abcdefghi".repeat(410);
-    assert_eq!(VolumePath::parse(&long_path), Err(PathError::TooLong { len: 4100, limit: 4095 }));
+    assert_eq!(
+        VolumePath::parse(&long_path),
+        Err(PathError::TooLong {
+            len: 4100,
+            limit: 4095
+        })
+    );
     // Accepted as a user path, but too long once put under the tenant root.
     let near = format!("{}/x", "/abcdefghi".repeat(409));
     assert!(VolumePath::parse(&near).is_ok());
@@ -69,8 +95,26 @@ fn tenant_names_are_dns_labels() {
     for good in ["toto", "a", "team-1", "0abc", &"a".repeat(63)] {
         assert!(TenantId::parse(good).is_ok(), "{good}");
     }
-    for bad in ["", "..", ".", "a/b", "Toto", "toto ", "-toto", "toto-", "to.to", "tоto", "a_b", &"a".repeat(64), "a\0"] {
-        assert_eq!(TenantId::parse(bad), Err(PathError::BadTenant(bad.into())), "{bad:?}");
+    for bad in [
+        "",
+        "..",
+        ".",
+        "a/b",
+        "Toto",
+        "toto ",
+        "-toto",
+        "toto-",
+        "to.to",
+        "tоto",
+        "a_b",
+        &"a".repeat(64),
+        "a\0",
+    ] {
+        assert_eq!(
+            TenantId::parse(bad),
+            Err(PathError::BadTenant(bad.into())),
+            "{bad:?}"
+        );
     }
 }
 
@@ -94,7 +138,10 @@ fn root_template_rejects_bad_shapes() {
         "/{tenant}",
         "/data/user:{tenant}",
     ] {
-        assert!(matches!(RootTemplate::parse(bad), Err(PathError::BadTemplate(..))), "{bad}");
+        assert!(
+            matches!(RootTemplate::parse(bad), Err(PathError::BadTemplate(..))),
+            "{bad}"
+        );
     }
 }
 
@@ -107,12 +154,26 @@ fn app_ids_must_be_inside_the_tenant_group() {
     for outside in ["/toto", "/totoevil/web", "/tata/web", "/web"] {
         assert_eq!(
             rule.check(&toto(), outside),
-            Err(PathError::AppOutsideGroup { app: outside.into(), group: "/toto".into() }),
+            Err(PathError::AppOutsideGroup {
+                app: outside.into(),
+                group: "/toto".into()
+            }),
             "{outside}"
         );
     }
-    for bad in ["toto/web", "/toto/../tata/web", "/toto//web", "/toto/Web", "/toto/web/", "/toto/-web", "/toto/tasks"] {
-        assert!(matches!(rule.check(&toto(), bad), Err(PathError::BadAppId(..))), "{bad}");
+    for bad in [
+        "toto/web",
+        "/toto/../tata/web",
+        "/toto//web",
+        "/toto/Web",
+        "/toto/web/",
+        "/toto/-web",
+        "/toto/tasks",
+    ] {
+        assert!(
+            matches!(rule.check(&toto(), bad), Err(PathError::BadAppId(..))),
+            "{bad}"
+        );
     }
 }
 
@@ -130,7 +191,20 @@ fn marathon_app_ids_follow_marathon_rules() {
     for good in ["/a", "/prod/web.api", "/a-b/c1", "/x.y.z/w"] {
         assert!(MarathonAppId::parse(good).is_ok(), "{good}");
     }
-    for bad in ["", "/", "a", "/a/", "/a/.", "/a/..", "/a..b", "/a/.b", "/A", "/a_b", "/a/restart", "/a/versions"] {
+    for bad in [
+        "",
+        "/",
+        "a",
+        "/a/",
+        "/a/.",
+        "/a/..",
+        "/a..b",
+        "/a/.b",
+        "/A",
+        "/a_b",
+        "/a/restart",
+        "/a/versions",
+    ] {
         assert!(MarathonAppId::parse(bad).is_err(), "{bad}");
     }
 }
