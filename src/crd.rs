@@ -1,4 +1,0 @@
-//! The StatefulLocalVolume custom resource (stub).
-pub fn crd_yaml() -> Result<String, std::convert::Infallible> {
-    Ok(String::new())
-}
