@@ -5,6 +5,7 @@
 //! - [`agent`]: the privileged host agent that creates volumes beneath a tenant root.
 //! - [`marathon`]: the Marathon REST client (apps, deployments, queue, events, constraints).
 pub mod agent;
+pub mod controller;
 pub mod crd;
 pub mod marathon;
 pub mod telemetry;

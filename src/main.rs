@@ -14,6 +14,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the controller: reconcile StatefulLocalVolumes with Marathon and the hosts' agents.
+    Controller(berth::controller::ControllerArgs),
     /// Run the host agent: the only part of berth that touches a host's files.
     Agent(berth::agent::AgentArgs),
     /// Print the StatefulLocalVolume CustomResourceDefinition as YAML.
@@ -25,6 +27,10 @@ async fn main() -> std::process::ExitCode {
     berth::tls::install_crypto_provider();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Controller(args) => {
+            berth::telemetry::init();
+            berth::controller::run(args).await.map_err(|e| e.to_string())
+        }
         Command::Agent(args) => {
             berth::telemetry::init();
             berth::agent::run(args).await.map_err(|e| e.to_string())

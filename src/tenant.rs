@@ -328,6 +328,40 @@ impl Default for AppGroupRule {
     }
 }
 
+/// Which tenant a Kubernetes namespace belongs to: by default the tenant of the same name, or an
+/// explicit map (e.g. namespace `team-a-prod` → tenant `teama`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NamespaceMapping {
+    explicit: std::collections::BTreeMap<String, TenantId>,
+    mapped_only: bool,
+}
+
+impl NamespaceMapping {
+    /// `pairs` are NAMESPACE=TENANT; with `mapped_only`, other namespaces have no tenant.
+    pub fn new(pairs: &[(String, String)], mapped_only: bool) -> Result<Self, PathError> {
+        let explicit = pairs
+            .iter()
+            .map(|(ns, tenant)| Ok((ns.clone(), TenantId::parse(tenant)?)))
+            .collect::<Result<_, PathError>>()?;
+        Ok(Self {
+            explicit,
+            mapped_only,
+        })
+    }
+
+    pub fn tenant(&self, namespace: &str) -> Result<TenantId, String> {
+        if let Some(t) = self.explicit.get(namespace) {
+            return Ok(t.clone());
+        }
+        if self.mapped_only {
+            return Err(format!(
+                "namespace {namespace:?} is not mapped to a tenant; ask the platform team to add it to the controller's tenant map"
+            ));
+        }
+        TenantId::parse(namespace).map_err(|e| format!("namespace {namespace:?} cannot be a tenant: {e}"))
+    }
+}
+
 /// An absolute Marathon app id, checked against Marathon's own id rules (`PathId.scala`):
 /// segments of `a-z`, `0-9`, `-` and `.`, not starting or ending with `-`, no `.`/`..` segments,
 /// and a last segment that is not one of Marathon's sub-resource names.

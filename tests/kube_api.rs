@@ -37,7 +37,10 @@ async fn volumes_round_trip_with_schema_defaults() {
     let created = api
         .create(
             &PostParams::default(),
-            &volume("data", json!({"app": format!("/{ns}/web"), "containerPath": "/data", "hostPath": "/data"})),
+            &volume(
+                "data",
+                json!({"app": format!("/{ns}/web"), "containerPath": "/data", "hostPath": "/data"}),
+            ),
         )
         .await
         .unwrap();
@@ -74,16 +77,26 @@ async fn the_schema_refuses_hostile_paths() {
     ] {
         let mut spec = json!({"app": app, "containerPath": "/data", "hostPath": "/data"});
         spec[field] = json!(value);
-        let err = api.create(&PostParams::default(), &volume("bad", spec)).await.unwrap_err();
+        let err = api
+            .create(&PostParams::default(), &volume("bad", spec))
+            .await
+            .unwrap_err();
         match err {
             kube::Error::Api(s) => {
                 assert_eq!(s.code, 422, "{field}={value}: {s:?}");
-                assert!(s.message.contains(&format!("spec.{field}")), "{field}={value}: {}", s.message);
+                assert!(
+                    s.message.contains(&format!("spec.{field}")),
+                    "{field}={value}: {}",
+                    s.message
+                );
             }
             other => panic!("{field}={value}: expected a 422, got {other}"),
         }
     }
-    assert!(api.list(&Default::default()).await.unwrap().items.is_empty(), "nothing was stored");
+    assert!(
+        api.list(&Default::default()).await.unwrap().items.is_empty(),
+        "nothing was stored"
+    );
 }
 
 fn ready(status: &str, reason: &str) -> Condition {
@@ -107,7 +120,10 @@ async fn status_is_written_by_server_side_apply_and_identical_writes_are_no_ops(
     let api: Api<StatefulLocalVolume> = Api::namespaced(client, &ns);
     api.create(
         &PostParams::default(),
-        &volume("data", json!({"app": format!("/{ns}/web"), "containerPath": "/data", "hostPath": "/data"})),
+        &volume(
+            "data",
+            json!({"app": format!("/{ns}/web"), "containerPath": "/data", "hostPath": "/data"}),
+        ),
     )
     .await
     .unwrap();
@@ -120,15 +136,31 @@ async fn status_is_written_by_server_side_apply_and_identical_writes_are_no_ops(
     };
     let body = json!({"apiVersion": "berth.dev/v1alpha1", "kind": "StatefulLocalVolume", "status": status});
     let params = PatchParams::apply("berth-test").force();
-    let first = api.patch_status("data", &params, &Patch::Apply(&body)).await.unwrap();
+    let first = api
+        .patch_status("data", &params, &Patch::Apply(&body))
+        .await
+        .unwrap();
     assert_eq!(first.status.as_ref(), Some(&status));
-    let second = api.patch_status("data", &params, &Patch::Apply(&body)).await.unwrap();
-    assert_eq!(second.resource_version(), first.resource_version(), "an identical apply must not write");
+    let second = api
+        .patch_status("data", &params, &Patch::Apply(&body))
+        .await
+        .unwrap();
+    assert_eq!(
+        second.resource_version(),
+        first.resource_version(),
+        "an identical apply must not write"
+    );
     // The status subresource ignores spec changes, and the spec endpoint ignores status.
-    let flipped = StatefulLocalVolumeStatus { conditions: vec![ready("False", "HostUnavailable")], ..status };
+    let flipped = StatefulLocalVolumeStatus {
+        conditions: vec![ready("False", "HostUnavailable")],
+        ..status
+    };
     let body = json!({"apiVersion": "berth.dev/v1alpha1", "kind": "StatefulLocalVolume", "status": flipped,
                       "spec": {"readOnly": true}});
-    let third = api.patch_status("data", &params, &Patch::Apply(&body)).await.unwrap();
+    let third = api
+        .patch_status("data", &params, &Patch::Apply(&body))
+        .await
+        .unwrap();
     assert_eq!(third.status.unwrap().conditions[0].reason, "HostUnavailable");
     assert!(!third.spec.read_only);
 }
@@ -140,12 +172,24 @@ async fn kubectl_shows_printer_columns_and_field_docs() {
     let ns = namespace(&client, "toto").await;
     let api: Api<StatefulLocalVolume> = Api::namespaced(client, &ns);
     let app = format!("/{ns}/web");
-    api.create(&PostParams::default(), &volume("data", json!({"app": app, "containerPath": "/data", "hostPath": "/data"})))
-        .await
-        .unwrap();
+    api.create(
+        &PostParams::default(),
+        &volume(
+            "data",
+            json!({"app": app, "containerPath": "/data", "hostPath": "/data"}),
+        ),
+    )
+    .await
+    .unwrap();
     let status = json!({"apiVersion": "berth.dev/v1alpha1", "kind": "StatefulLocalVolume",
         "status": {"phase": "Bound", "host": "node-3", "conditions": [ready("True", "Bound")]}});
-    api.patch_status("data", &PatchParams::apply("berth-test").force(), &Patch::Apply(&status)).await.unwrap();
+    api.patch_status(
+        "data",
+        &PatchParams::apply("berth-test").force(),
+        &Patch::Apply(&status),
+    )
+    .await
+    .unwrap();
 
     let out = kubectl().args(["get", "slv", "-n", &ns]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -158,19 +202,31 @@ async fn kubectl_shows_printer_columns_and_field_docs() {
     assert_eq!(&row[..5], ["data", app.as_str(), "node-3", "Bound", "True"]);
 
     // The short name and the category work too.
-    let out = kubectl().args(["get", "berth", "-n", &ns, "-o", "name"]).output().unwrap();
-    assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), "statefullocalvolume.berth.dev/data");
+    let out = kubectl()
+        .args(["get", "berth", "-n", &ns, "-o", "name"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().trim(),
+        "statefullocalvolume.berth.dev/data"
+    );
 
     // kubectl explain reads the OpenAPI document, which the apiserver republishes a moment after
     // the CRD changes; 1.20 serves only OpenAPI v2.
     let mut text = String::new();
     for _ in 0..50 {
-        let out = kubectl().args(["explain", "slv.spec.hostPath", "--output=plaintext-openapiv2"]).output().unwrap();
+        let out = kubectl()
+            .args(["explain", "slv.spec.hostPath", "--output=plaintext-openapiv2"])
+            .output()
+            .unwrap();
         text = String::from_utf8(out.stdout).unwrap();
         if text.contains("FIELD") {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
-    assert!(text.contains("Path of the data relative to the tenant's root"), "{text}");
+    assert!(
+        text.contains("Path of the data relative to the tenant's root"),
+        "{text}"
+    );
 }

@@ -50,7 +50,10 @@ pub struct StatefulLocalVolumeSpec {
     /// Marathon app id that mounts this volume, e.g. /toto/web. It must lie inside the tenant's
     /// Marathon group (by default /<namespace>/). Immutable: create a new volume to move data to
     /// another app.
-    #[schemars(length(min = 2, max = 512), regex(pattern = r"^(/[a-z0-9]([a-z0-9.-]*[a-z0-9])?)+$"))]
+    #[schemars(
+        length(min = 2, max = 512),
+        regex(pattern = r"^(/[a-z0-9]([a-z0-9.-]*[a-z0-9])?)+$")
+    )]
     #[x_kube(validation = Rule::new("self == oldSelf").message("spec.app is immutable"))]
     pub app: String,
 
@@ -152,7 +155,10 @@ pub struct Seed {
 pub struct Placement {
     /// Host name exactly as Mesos offers it (what Marathon's hostname constraints match), e.g.
     /// node-3 or 10.0.2.148. Every volume of one app must name the same host.
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
+    )]
     pub host: String,
 }
 

@@ -28,7 +28,11 @@ fn localtime() -> Value {
 }
 
 fn check(v: Value) -> Result<VolumeRequest, SpecError> {
-    validate(&spec(v), &TenantId::parse("toto").unwrap(), &TenantPolicy::default())
+    validate(
+        &spec(v),
+        &TenantId::parse("toto").unwrap(),
+        &TenantPolicy::default(),
+    )
 }
 
 fn with(mut base: Value, key: &str, value: Value) -> Value {
@@ -38,8 +42,16 @@ fn with(mut base: Value, key: &str, value: Value) -> Value {
 
 fn schema() -> Value {
     let crd = StatefulLocalVolume::crd();
-    serde_json::to_value(crd.spec.versions[0].schema.as_ref().unwrap().open_api_v3_schema.as_ref().unwrap())
-        .unwrap()
+    serde_json::to_value(
+        crd.spec.versions[0]
+            .schema
+            .as_ref()
+            .unwrap()
+            .open_api_v3_schema
+            .as_ref()
+            .unwrap(),
+    )
+    .unwrap()
 }
 
 /// The whole object as the apiserver would see it, for client-side CEL.
@@ -49,14 +61,19 @@ fn object(spec: Value) -> Value {
 }
 
 fn cel_ok(spec: Value, old: Option<Value>) -> bool {
-    Validator::new().validate(&schema(), &object(spec), old.map(object).as_ref()).is_ok()
+    Validator::new()
+        .validate(&schema(), &object(spec), old.map(object).as_ref())
+        .is_ok()
 }
 
 #[test]
 fn the_design_example_is_valid() {
     let req = check(localtime()).unwrap();
     assert_eq!(req.app.as_str(), "/toto/web");
-    assert_eq!(req.host_path_abs, PathBuf::from("/containerdata/user-toto/etc/localtime"));
+    assert_eq!(
+        req.host_path_abs,
+        PathBuf::from("/containerdata/user-toto/etc/localtime")
+    );
     assert_eq!(req.kind, VolumeType::File);
     assert_eq!(req.mode, 0o640);
     assert_eq!(req.seed, Some(SeedSource::CopyFromHost("/etc/localtime".into())));
@@ -80,16 +97,44 @@ fn each_bad_field_is_named() {
     let cases = [
         (with(localtime(), "app", json!("/tata/web")), "spec.app"),
         (with(localtime(), "app", json!("toto/web")), "spec.app"),
-        (with(localtime(), "containerPath", json!("etc/localtime")), "spec.containerPath"),
-        (with(localtime(), "containerPath", json!("/etc:/x")), "spec.containerPath"),
-        (with(localtime(), "hostPath", json!("/../user-tata/x")), "spec.hostPath"),
+        (
+            with(localtime(), "containerPath", json!("etc/localtime")),
+            "spec.containerPath",
+        ),
+        (
+            with(localtime(), "containerPath", json!("/etc:/x")),
+            "spec.containerPath",
+        ),
+        (
+            with(localtime(), "hostPath", json!("/../user-tata/x")),
+            "spec.hostPath",
+        ),
         (with(localtime(), "hostPath", json!("/")), "spec.hostPath"),
-        (with(localtime(), "permissions", json!("4755")), "spec.permissions"),
-        (with(localtime(), "permissions", json!("0999")), "spec.permissions"),
-        (with(localtime(), "placement", json!({"host": "node 3"})), "spec.placement.host"),
+        (
+            with(localtime(), "permissions", json!("4755")),
+            "spec.permissions",
+        ),
+        (
+            with(localtime(), "permissions", json!("0999")),
+            "spec.permissions",
+        ),
+        (
+            with(localtime(), "placement", json!({"host": "node 3"})),
+            "spec.placement.host",
+        ),
         (with(localtime(), "capacity", json!("ten")), "spec.capacity"),
-        (with(localtime(), "seed", json!({"copyFromHost": "/etc/../shadow"})), "spec.seed.copyFromHost"),
-        (with(localtime(), "seed", json!({"content": "x", "copyFromHost": "/etc/localtime"})), "spec.seed"),
+        (
+            with(localtime(), "seed", json!({"copyFromHost": "/etc/../shadow"})),
+            "spec.seed.copyFromHost",
+        ),
+        (
+            with(
+                localtime(),
+                "seed",
+                json!({"content": "x", "copyFromHost": "/etc/localtime"}),
+            ),
+            "spec.seed",
+        ),
         (with(localtime(), "type", json!("Directory")), "spec.seed"),
     ];
     for (input, field) in cases {
@@ -106,7 +151,10 @@ fn error_messages_say_what_is_wrong() {
         "spec.app: app \"/tata/web\" is outside the tenant's Marathon group \"/toto\": a tenant may only use apps under its own group"
     );
     let err = check(with(localtime(), "hostPath", json!("/var/../etc"))).unwrap_err();
-    assert_eq!(err.to_string(), "spec.hostPath: must not contain a '..' component");
+    assert_eq!(
+        err.to_string(),
+        "spec.hostPath: must not contain a '..' component"
+    );
 }
 
 #[test]
@@ -129,14 +177,23 @@ fn modes_and_sizes_parse() {
 #[test]
 fn crd_names_scope_and_subresources() {
     let crd = StatefulLocalVolume::crd();
-    assert_eq!(crd.metadata.name.as_deref(), Some("statefullocalvolumes.berth.dev"));
+    assert_eq!(
+        crd.metadata.name.as_deref(),
+        Some("statefullocalvolumes.berth.dev")
+    );
     assert_eq!(crd.spec.scope, "Namespaced");
     assert_eq!(crd.spec.names.short_names, Some(vec!["slv".to_owned()]));
     assert_eq!(crd.spec.names.categories, Some(vec!["berth".to_owned()]));
     let v = &crd.spec.versions[0];
     assert_eq!(v.name, "v1alpha1");
     assert!(v.subresources.as_ref().unwrap().status.is_some());
-    let columns: Vec<_> = v.additional_printer_columns.as_ref().unwrap().iter().map(|c| c.name.as_str()).collect();
+    let columns: Vec<_> = v
+        .additional_printer_columns
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
     assert_eq!(columns, ["App", "Host", "Phase", "Ready", "Age"]);
 }
 
@@ -154,7 +211,10 @@ fn every_field_is_described() {
         if let Some(props) = node.get("properties").and_then(Value::as_object) {
             for (name, child) in props {
                 let p = format!("{path}.{name}");
-                let described = child.get("description").and_then(Value::as_str).is_some_and(|d| !d.is_empty());
+                let described = child
+                    .get("description")
+                    .and_then(Value::as_str)
+                    .is_some_and(|d| !d.is_empty());
                 if !described && !["metadata", "apiVersion", "kind"].contains(&name.as_str()) {
                     missing.push(p.clone());
                 }
@@ -176,7 +236,14 @@ fn cel_rules_agree_with_the_controller() {
     let cases = [
         (localtime(), true),
         (with(localtime(), "type", json!("Directory")), false),
-        (with(localtime(), "seed", json!({"content": "x", "copyFromHost": "/etc/localtime"})), false),
+        (
+            with(
+                localtime(),
+                "seed",
+                json!({"content": "x", "copyFromHost": "/etc/localtime"}),
+            ),
+            false,
+        ),
         (with(localtime(), "seed", json!({})), false),
         (with(localtime(), "seed", json!({"content": "UTC\n"})), true),
     ];
@@ -189,7 +256,10 @@ fn cel_rules_agree_with_the_controller() {
 #[test]
 fn app_is_immutable_under_cel() {
     let old = localtime();
-    assert!(cel_ok(with(old.clone(), "readOnly", json!(false)), Some(old.clone())));
+    assert!(cel_ok(
+        with(old.clone(), "readOnly", json!(false)),
+        Some(old.clone())
+    ));
     assert!(!cel_ok(with(old.clone(), "app", json!("/toto/other")), Some(old)));
 }
 

@@ -25,7 +25,10 @@ pub struct SpecError {
 
 impl SpecError {
     fn new(field: &'static str, message: impl fmt::Display) -> Self {
-        Self { field, message: message.to_string() }
+        Self {
+            field,
+            message: message.to_string(),
+        }
     }
 
     fn path(field: &'static str, e: PathError) -> Self {
@@ -73,12 +76,18 @@ pub fn validate(
     tenant: &TenantId,
     policy: &TenantPolicy,
 ) -> Result<VolumeRequest, SpecError> {
-    let app = policy.apps.check(tenant, &spec.app).map_err(|e| SpecError::path("spec.app", e))?;
+    let app = policy
+        .apps
+        .check(tenant, &spec.app)
+        .map_err(|e| SpecError::path("spec.app", e))?;
     let container_path =
         VolumePath::parse(&spec.container_path).map_err(|e| SpecError::path("spec.containerPath", e))?;
     let host_path = VolumePath::parse(&spec.host_path).map_err(|e| SpecError::path("spec.hostPath", e))?;
-    let host_path_abs =
-        policy.roots.root(tenant).host_path(&host_path).map_err(|e| SpecError::path("spec.hostPath", e))?;
+    let host_path_abs = policy
+        .roots
+        .root(tenant)
+        .host_path(&host_path)
+        .map_err(|e| SpecError::path("spec.hostPath", e))?;
     let mode = match &spec.permissions {
         Some(p) => parse_mode(p).map_err(|m| SpecError::new("spec.permissions", m))?,
         None if spec.type_ == VolumeType::File => 0o644,
@@ -95,17 +104,26 @@ pub fn validate(
             }
             (Some(content), None) => SeedSource::Content(content.clone()),
             (None, Some(from)) => {
-                let from = VolumePath::parse(from).map_err(|e| SpecError::path("spec.seed.copyFromHost", e))?;
+                let from =
+                    VolumePath::parse(from).map_err(|e| SpecError::path("spec.seed.copyFromHost", e))?;
                 SeedSource::CopyFromHost(from.as_string())
             }
-            _ => return Err(SpecError::new("spec.seed", "set exactly one of content and copyFromHost")),
+            _ => {
+                return Err(SpecError::new(
+                    "spec.seed",
+                    "set exactly one of content and copyFromHost",
+                ));
+            }
         }),
     };
     let host = match &spec.placement {
         Some(p) if !is_hostname(&p.host) => {
             return Err(SpecError::new(
                 "spec.placement.host",
-                format!("{:?} is not a host name or IP address as Mesos reports it", p.host),
+                format!(
+                    "{:?} is not a host name or IP address as Mesos reports it",
+                    p.host
+                ),
             ));
         }
         Some(p) => Some(p.host.clone()),
@@ -150,7 +168,8 @@ fn is_hostname(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= 253
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'.' || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'.' || *c == b'-')
         && b[0].is_ascii_alphanumeric()
         && b[b.len() - 1].is_ascii_alphanumeric()
 }
@@ -158,7 +177,9 @@ fn is_hostname(s: &str) -> bool {
 /// Bytes in a Kubernetes quantity such as `10Gi`, `500M` or `1073741824`, rounded up.
 pub fn parse_bytes(q: &str) -> Result<u64, String> {
     let bad = || format!("{q:?} is not a size such as 10Gi, 500Mi or 1G");
-    let split = q.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(q.len());
+    let split = q
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(q.len());
     let (number, suffix) = q.split_at(split);
     let multiplier: u128 = match suffix {
         "" => 1,
@@ -180,9 +201,20 @@ pub fn parse_bytes(q: &str) -> Result<u64, String> {
     if int.is_empty() && frac.is_empty() || frac.contains('.') || frac.len() > 9 {
         return Err(bad());
     }
-    let int: u128 = if int.is_empty() { 0 } else { int.parse().map_err(|_| bad())? };
+    let int: u128 = if int.is_empty() {
+        0
+    } else {
+        int.parse().map_err(|_| bad())?
+    };
     let frac_scale = 10u128.pow(frac.len() as u32);
-    let frac: u128 = if frac.is_empty() { 0 } else { frac.parse().map_err(|_| bad())? };
-    let total = (int * frac_scale + frac).checked_mul(multiplier).ok_or_else(bad)?.div_ceil(frac_scale);
+    let frac: u128 = if frac.is_empty() {
+        0
+    } else {
+        frac.parse().map_err(|_| bad())?
+    };
+    let total = (int * frac_scale + frac)
+        .checked_mul(multiplier)
+        .ok_or_else(bad)?
+        .div_ceil(frac_scale);
     u64::try_from(total).map_err(|_| bad())
 }

@@ -217,6 +217,16 @@ fn containment_is_by_component() {
     assert!(!a.contains(&VolumePath::parse("/database").unwrap()));
 }
 
+#[test]
+fn namespaces_map_to_tenants() {
+    let map = NamespaceMapping::new(&[("team-a-prod".into(), "teama".into())], false).unwrap();
+    assert_eq!(map.tenant("team-a-prod").unwrap().as_str(), "teama");
+    assert_eq!(map.tenant("toto").unwrap().as_str(), "toto");
+    let only = NamespaceMapping::new(&[("team-a-prod".into(), "teama".into())], true).unwrap();
+    assert!(only.tenant("toto").unwrap_err().contains("not mapped"));
+    assert!(NamespaceMapping::new(&[("x".into(), "Bad".into())], false).is_err());
+}
+
 /// Pieces an attacker would try, mixed with ordinary names.
 fn hostile_piece() -> impl Strategy<Value = String> {
     prop_oneof![

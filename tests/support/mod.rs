@@ -18,14 +18,23 @@ use std::{
 
 use berth::crd::StatefulLocalVolume;
 use k8s_openapi::{
-    api::core::v1::Namespace,
-    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    api::core::v1::Namespace, apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
 };
 use kube::{
     Api, Client, Config, ResourceExt,
     api::{ObjectMeta, PostParams},
     config::{KubeConfigOptions, Kubeconfig},
 };
+
+pub mod stack;
+
+/// Tests that create files owned by other users, mount and chown need root.
+pub fn require_root() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "this test needs root: it works on the real filesystem as the agent does (run it as root, like CI)"
+    );
+}
 
 /// Static token of the cluster admin, as written by `scripts/kube-test-env`.
 pub const ADMIN_TOKEN: &str = "admintoken";
@@ -80,7 +89,8 @@ pub async fn install_crd(client: &Client) {
 }
 
 async fn install_crd_now(client: &Client) {
-    let yaml = std::fs::read_to_string(repo_root().join("crds/statefullocalvolume.yaml")).expect("read crds/");
+    let yaml =
+        std::fs::read_to_string(repo_root().join("crds/statefullocalvolume.yaml")).expect("read crds/");
     let crd: CustomResourceDefinition = serde_saphyr::from_str(&yaml).expect("parse the CRD YAML");
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     match api.create(&PostParams::default(), &crd).await {
@@ -89,17 +99,25 @@ async fn install_crd_now(client: &Client) {
             let mut crd = crd.clone();
             let current = api.get(&crd.name_any()).await.expect("get the existing CRD");
             crd.metadata.resource_version = current.resource_version();
-            api.replace(&crd.name_any(), &PostParams::default(), &crd).await.expect("replace the CRD");
+            api.replace(&crd.name_any(), &PostParams::default(), &crd)
+                .await
+                .expect("replace the CRD");
         }
         Err(e) => panic!("the apiserver refused the CRD from crds/: {e}"),
     }
     for _ in 0..100 {
         let current = api.get(&crd.name_any()).await.expect("get the CRD");
         let conditions = current.status.and_then(|s| s.conditions).unwrap_or_default();
-        if let Some(bad) = conditions.iter().find(|c| c.type_ == "NonStructuralSchema" && c.status == "True") {
+        if let Some(bad) = conditions
+            .iter()
+            .find(|c| c.type_ == "NonStructuralSchema" && c.status == "True")
+        {
             panic!("the CRD schema is not structural: {:?}", bad.message);
         }
-        if conditions.iter().any(|c| c.type_ == "Established" && c.status == "True") {
+        if conditions
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True")
+        {
             // Established can precede discovery by a moment; a list proves it is served.
             let slvs: Api<StatefulLocalVolume> = Api::all(client.clone());
             if slvs.list(&Default::default()).await.is_ok() {
@@ -114,15 +132,31 @@ async fn install_crd_now(client: &Client) {
 /// Creates a fresh namespace whose name starts with `prefix` (a tenant name, by default).
 pub async fn namespace(client: &Client, prefix: &str) -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    let name = format!("{prefix}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
-    let ns = Namespace { metadata: ObjectMeta { name: Some(name.clone()), ..Default::default() }, ..Default::default() };
-    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.expect("create a namespace");
+    let name = format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("create a namespace");
     name
 }
 
 /// kubectl with the test kubeconfig (the one `scripts/kube-test-env install` puts in its cache).
 pub fn kubectl() -> Command {
-    let path = Command::new(repo_root().join("scripts/kube-test-env")).arg("kubectl").output().expect("find kubectl");
+    let path = Command::new(repo_root().join("scripts/kube-test-env"))
+        .arg("kubectl")
+        .output()
+        .expect("find kubectl");
     let kubectl = String::from_utf8(path.stdout).expect("kubectl path is UTF-8");
     let mut cmd = Command::new(kubectl.trim());
     cmd.env("KUBECONFIG", kubeconfig());

@@ -1,0 +1,284 @@
+//! A whole berth installation for scenario tests: the Marathon simulator with simulated hosts,
+//! one real `berth agent` process per host on its own root directory, and `berth controller`
+//! as a process that authenticates with the controller's service-account token (so it has
+//! exactly the RBAC the test grants it).
+#![allow(dead_code)]
+
+use std::{
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use marathon_sim::{Config as SimConfig, SimHandle, Simulator};
+
+use super::{kubeconfig, repo_root};
+
+pub const AGENT_TOKEN: &str = "test-agent-token";
+/// The remap every simulated host applies (a real dockremap range).
+pub const REMAP_BASE: u32 = 165536;
+
+pub fn berth_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_berth"))
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// One simulated container host with its agent.
+pub struct Host {
+    pub name: String,
+    /// The directory above the tenant roots (the host's `/containerdata`).
+    pub root: PathBuf,
+    pub url: String,
+    agent: Child,
+}
+
+impl Host {
+    /// The host path of a tenant's user path, e.g. `tenant_path("toto", "/etc/localtime")`.
+    pub fn tenant_path(&self, tenant: &str, path: &str) -> PathBuf {
+        self.root
+            .join(format!("user-{tenant}"))
+            .join(path.trim_start_matches('/'))
+    }
+
+    pub fn stop_agent(&mut self) {
+        let _ = self.agent.kill();
+        let _ = self.agent.wait();
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        self.stop_agent();
+    }
+}
+
+/// Dropped in field order: the simulator (and its containers) and the agents go before the
+/// directory they use.
+pub struct Stack {
+    pub sim: SimHandle,
+    pub hosts: Vec<Host>,
+    pub agent_token_file: PathBuf,
+    pub dir: tempfile::TempDir,
+}
+
+/// Adjusts the simulator's configuration, given each host's name and root.
+pub type SimConfigFn = Box<dyn FnOnce(&mut SimConfig, &[(String, PathBuf)])>;
+
+/// How [`Stack::start_with`] sets up the stack; the default is what [`Stack::start`] does.
+pub struct StackOptions {
+    /// The agents' `--uid-map`/`--gid-map` range: (first host id, count).
+    pub remap: (u32, u32),
+    /// Adjusts the simulator's configuration, given each host's name and root (its
+    /// `/containerdata`).
+    pub sim: SimConfigFn,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        Self {
+            remap: (REMAP_BASE, 65536),
+            sim: Box::new(|_, _| {}),
+        }
+    }
+}
+
+impl Stack {
+    pub async fn start(hostnames: &[&str]) -> Stack {
+        Self::start_with(hostnames, StackOptions::default()).await
+    }
+
+    pub async fn start_with(hostnames: &[&str], options: StackOptions) -> Stack {
+        super::require_root();
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let roots: Vec<(String, PathBuf)> = hostnames
+            .iter()
+            .map(|name| (name.to_string(), dir.path().join(name).join("containerdata")))
+            .collect();
+        for (_, root) in &roots {
+            std::fs::create_dir_all(root).expect("create a host root");
+        }
+        let mut sim_config = SimConfig::with_agents(hostnames);
+        (options.sim)(&mut sim_config, &roots);
+        let sim = Simulator::start(sim_config)
+            .await
+            .expect("start the Marathon simulator");
+        let agent_token_file = dir.path().join("agent-token");
+        std::fs::write(&agent_token_file, AGENT_TOKEN).expect("write the agent token");
+        let remap = format!("{}:{}", options.remap.0, options.remap.1);
+        let mut hosts = Vec::new();
+        for (name, root) in roots {
+            let name = name.as_str();
+            let port = free_port();
+            let agent = Command::new(berth_bin())
+                .args([
+                    "agent",
+                    "--listen",
+                    &format!("127.0.0.1:{port}"),
+                    "--hostname",
+                    name,
+                ])
+                .arg("--token-file")
+                .arg(&agent_token_file)
+                .arg("--root-template")
+                .arg(root.join("user-{tenant}"))
+                .args(["--uid-map", &remap, "--gid-map", &remap])
+                .args(["--seed-allow", "/etc/localtime"])
+                .stdout(Stdio::null())
+                .stderr(log_file(dir.path(), &format!("agent-{name}.log")))
+                .spawn()
+                .expect("start berth agent");
+            let url = format!("http://127.0.0.1:{port}");
+            wait_http(&format!("{url}/healthz")).await;
+            hosts.push(Host {
+                name: name.to_string(),
+                root,
+                url,
+                agent,
+            });
+        }
+        Stack {
+            dir,
+            sim,
+            hosts,
+            agent_token_file,
+        }
+    }
+
+    pub fn host(&self, name: &str) -> &Host {
+        self.hosts
+            .iter()
+            .find(|h| h.name == name)
+            .expect("a host of the stack")
+    }
+
+    pub fn host_mut(&mut self, name: &str) -> &mut Host {
+        self.hosts
+            .iter_mut()
+            .find(|h| h.name == name)
+            .expect("a host of the stack")
+    }
+
+    /// A kubeconfig that authenticates as the controller's service account.
+    pub fn controller_kubeconfig(&self) -> PathBuf {
+        let admin = std::fs::read_to_string(kubeconfig()).expect("read the test kubeconfig");
+        let path = self.dir.path().join("controller-kubeconfig");
+        std::fs::write(
+            &path,
+            admin.replace("token: admintoken", "token: controllertoken"),
+        )
+        .expect("write the controller kubeconfig");
+        path
+    }
+
+    /// Starts `berth controller` for one namespace.
+    pub async fn controller(&self, namespace: &str, extra: &[&str]) -> ControllerProcess {
+        let port = free_port();
+        let log = self.dir.path().join(format!("controller-{port}.log"));
+        let mut cmd = Command::new(berth_bin());
+        cmd.arg("controller")
+            .args(["--namespace", namespace, "--marathon-url", &self.sim.url()])
+            .arg("--agent-token-file")
+            .arg(&self.agent_token_file)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(extra)
+            // Quick defaults for tests, unless the caller sets them.
+            .args(["--resync", "3s"].iter().filter(|_| !extra.contains(&"--resync")))
+            .args(
+                ["--debounce", "500ms"]
+                    .iter()
+                    .filter(|_| !extra.contains(&"--debounce")),
+            )
+            .env("KUBECONFIG", self.controller_kubeconfig())
+            .env("RUST_LOG", "info,berth=debug")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("create the controller log"));
+        for h in &self.hosts {
+            cmd.args(["--agent", &format!("{}={}", h.name, h.url)]);
+        }
+        let child = cmd.spawn().expect("start berth controller");
+        let metrics = format!("http://127.0.0.1:{port}");
+        wait_http(&format!("{metrics}/healthz")).await;
+        ControllerProcess { child, log, metrics }
+    }
+}
+
+/// A running controller; killed when dropped.
+pub struct ControllerProcess {
+    child: Child,
+    pub log: PathBuf,
+    pub metrics: String,
+}
+
+impl ControllerProcess {
+    /// Kills it at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- controller log ({}) ---\n{}",
+                self.log.display(),
+                self.log_text()
+            );
+        }
+    }
+}
+
+fn log_file(dir: &Path, name: &str) -> std::fs::File {
+    std::fs::File::create(dir.join(name)).expect("create a log file")
+}
+
+async fn wait_http(url: &str) {
+    let client = reqwest::Client::new();
+    for _ in 0..200 {
+        if client
+            .get(url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{url} did not answer within 10 s");
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, for at most `secs` seconds.
+pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {secs} s waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub fn repo() -> PathBuf {
+    repo_root()
+}
