@@ -9,7 +9,7 @@ use std::{os::unix::fs::MetadataExt, time::Duration};
 
 use berth::crd::StatefulLocalVolume;
 use kube::{
-    Api, Client, ResourceExt,
+    Api, ResourceExt,
     api::{DeleteParams, PostParams},
 };
 use serde_json::{Value, json};
@@ -17,17 +17,6 @@ use support::{
     admin_client, install_crd, namespace,
     stack::{ControllerProcess, REMAP_BASE, Stack, eventually},
 };
-
-/// Gives the controller's service account (berth/berth) exactly the chart's permissions (the
-/// chart's own ClusterRole and binding, rendered by the real Helm engine).
-async fn grant_chart_rbac(client: &Client) {
-    static DONE: tokio::sync::Mutex<bool> = tokio::sync::Mutex::const_new(false);
-    let mut done = DONE.lock().await;
-    if !*done {
-        support_helm::apply_chart_rbac(client, json!({})).await;
-        *done = true;
-    }
-}
 
 struct Scenario {
     ns: String,
@@ -40,7 +29,7 @@ impl Scenario {
     async fn start(hosts: &[&str]) -> Scenario {
         let client = admin_client().await;
         install_crd(&client).await;
-        grant_chart_rbac(&client).await;
+        support_helm::grant_chart_rbac_once(&client).await;
         let ns = namespace(&client, "toto").await;
         let api = Api::namespaced(client, &ns);
         let stack = Stack::start(hosts).await;
@@ -71,24 +60,11 @@ impl Scenario {
     }
 
     async fn create_app(&self, app: Value) {
-        let res = self
-            .http
-            .post(format!("{}/v2/apps", self.stack.sim.url()))
-            .json(&app)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
+        self.stack.create_app(&app).await;
     }
 
     async fn app(&self, id: &str) -> Value {
-        let res = self
-            .http
-            .get(format!("{}/v2/apps{id}", self.stack.sim.url()))
-            .send()
-            .await
-            .unwrap();
-        res.json::<Value>().await.unwrap()["app"].clone()
+        self.stack.app(id).await
     }
 
     /// App writes to Marathon (PUT/PATCH of the app, restarts), counted from the simulator's log.

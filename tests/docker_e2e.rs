@@ -20,7 +20,7 @@ use std::{
 };
 
 use berth::crd::StatefulLocalVolume;
-use kube::{Api, Client, api::PostParams};
+use kube::{Api, api::PostParams};
 use marathon_sim::DockerMode;
 use serde_json::{Value, json};
 use support::{
@@ -237,15 +237,6 @@ impl Drop for RemapEngine {
     }
 }
 
-async fn grant_chart_rbac(client: &Client) {
-    static DONE: tokio::sync::Mutex<bool> = tokio::sync::Mutex::const_new(false);
-    let mut done = DONE.lock().await;
-    if !*done {
-        support_helm::apply_chart_rbac(client, json!({})).await;
-        *done = true;
-    }
-}
-
 struct Scenario {
     ns: String,
     api: Api<StatefulLocalVolume>,
@@ -261,7 +252,7 @@ impl Scenario {
     async fn start(hosts: &[&str], image: &TestImage, engine: Option<&RemapEngine>) -> Scenario {
         let client = admin_client().await;
         install_crd(&client).await;
-        grant_chart_rbac(&client).await;
+        support_helm::grant_chart_rbac_once(&client).await;
         let ns = namespace(&client, "toto").await;
         let api = Api::namespaced(client, &ns);
         let docker_host = engine.map(|e| e.host.clone());
@@ -310,14 +301,7 @@ impl Scenario {
     }
 
     async fn create_app(&self, app: Value) {
-        let res = self
-            .http
-            .post(format!("{}/v2/apps", self.stack.sim.url()))
-            .json(&app)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
+        self.stack.create_app(&app).await;
     }
 
     async fn scale(&self, id: &str, instances: u32) {
@@ -342,13 +326,7 @@ impl Scenario {
     }
 
     async fn get_app(&self, id: &str) -> Value {
-        let res = self
-            .http
-            .get(format!("{}/v2/apps{id}", self.stack.sim.url()))
-            .send()
-            .await
-            .unwrap();
-        res.json::<Value>().await.unwrap()["app"].clone()
+        self.stack.app(id).await
     }
 
     /// Waits for a task failure whose message contains `needle`; returns the message.

@@ -90,6 +90,28 @@ impl Default for StackOptions {
 }
 
 impl Stack {
+    /// `POST /v2/apps` on the simulator; the app must be created (201).
+    pub async fn create_app(&self, app: &serde_json::Value) {
+        let res = reqwest::Client::new()
+            .post(format!("{}/v2/apps", self.sim.url()))
+            .json(app)
+            .send()
+            .await
+            .expect("POST /v2/apps");
+        let status = res.status();
+        assert_eq!(status, 201, "{}", res.text().await.unwrap_or_default());
+    }
+
+    /// `GET /v2/apps/{id}` on the simulator: the app (with tasks, deployments, lastTaskFailure).
+    pub async fn app(&self, id: &str) -> serde_json::Value {
+        let res = reqwest::Client::new()
+            .get(format!("{}/v2/apps{id}", self.sim.url()))
+            .send()
+            .await
+            .expect("GET /v2/apps/{id}");
+        res.json::<serde_json::Value>().await.expect("an app as JSON")["app"].clone()
+    }
+
     pub async fn start(hostnames: &[&str]) -> Stack {
         Self::start_with(hostnames, StackOptions::default()).await
     }

@@ -225,6 +225,16 @@ pub fn uninstall(kubeconfig: &Path, release: &str, namespace: &str) -> String {
 /// for service account `berth/berth` and, with `replicaCount` > 1, the Lease Role and RoleBinding
 /// in namespace `berth` (created if missing). A controller that uses the static token of
 /// `system:serviceaccount:berth:berth` then has the chart's permissions and no more.
+/// [`apply_chart_rbac`] with the chart's defaults, once per test binary (tests run concurrently).
+pub async fn grant_chart_rbac_once(client: &kube::Client) {
+    static DONE: tokio::sync::Mutex<bool> = tokio::sync::Mutex::const_new(false);
+    let mut done = DONE.lock().await;
+    if !*done {
+        apply_chart_rbac(client, serde_json::json!({})).await;
+        *done = true;
+    }
+}
+
 pub async fn apply_chart_rbac(client: &kube::Client, values: Value) -> ChartRbac {
     use k8s_openapi::api::{
         core::v1::Namespace,
