@@ -729,3 +729,35 @@ async fn kubectl_wait_and_events_tell_the_story() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volume_inside_another_read_write_volume_is_refused() {
+    let (s, id, _ctl) = Scenario::with_running_app(&["node-1"], "web").await;
+    s.apply(
+        "outer",
+        json!({"app": id, "containerPath": "/shared", "hostPath": "/shared"}),
+    )
+    .await;
+    s.wait_bound("outer").await;
+    // Created a second later (creation times have whole seconds): the older volume keeps working.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let other = s.app_id("other");
+    s.create_app(docker_app(&other)).await;
+    s.apply(
+        "inner",
+        json!({"app": other, "containerPath": "/data", "hostPath": "/shared/inner"}),
+    )
+    .await;
+    let message = ready(s.wait_reason("inner", "InvalidSpec", 30).await).message;
+    assert!(message.contains("/shared/inner lies inside /shared"), "{message}");
+    assert!(message.contains(&format!("{}/outer", s.ns)), "{message}");
+    assert!(
+        !s.stack
+            .host("node-1")
+            .tenant_path(&s.ns, "/shared/inner")
+            .exists(),
+        "nothing was provisioned"
+    );
+    assert_eq!(s.app_writes(&other), 0, "the other app was not touched");
+    assert_eq!(ready(s.api.get("outer").await.unwrap()).reason, "Bound");
+}

@@ -12,6 +12,7 @@ use kube::ResourceExt;
 use tracing::{info, warn};
 
 use super::{
+    admission,
     app_patch::{self, MountedVolume},
     conditions::{Outcome, Reason},
     context::Context,
@@ -27,7 +28,7 @@ use crate::{
     },
     crd::{
         Phase, StatefulLocalVolume, VolumeType,
-        validate::{SeedSource, VolumeRequest, validate},
+        validate::{SeedSource, VolumeRequest},
     },
     marathon::{App, AppUpdate, MarathonError},
     tenant::MarathonAppId,
@@ -90,8 +91,7 @@ pub fn members(
     objs.sort_by_key(|v| (v.namespace(), v.name_any()));
     objs.into_iter()
         .filter_map(|obj| {
-            let tenant = ctx.tenants.tenant(&obj.namespace()?).ok()?;
-            let req = validate(&obj.spec, &tenant, &ctx.policy).ok()?;
+            let req = admission::admit(ctx, &obj).ok()?;
             // What berth last wrote is newer than the cache of watched objects.
             let known = status::current(ctx, &obj);
             let obj = if known != obj.status {

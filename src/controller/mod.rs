@@ -6,6 +6,7 @@
 //! - [`agents`], [`triggers`]: the edges (agent clients, Marathon's event stream).
 //! - [`metrics`], [`server`], [`leader`]: operations.
 
+pub mod admission;
 pub mod agents;
 pub mod app_patch;
 pub mod app_sync;

@@ -13,6 +13,7 @@ use kube::{
 use tracing::{Instrument, info, info_span, warn};
 
 use super::{
+    admission,
     app_sync::{self, AppState, Report},
     conditions::{Outcome, Reason},
     context::Context,
@@ -20,9 +21,7 @@ use super::{
     status,
 };
 use crate::{
-    crd::{
-        FINALIZER, Phase, ReclaimPolicy, StatefulLocalVolume, StatefulLocalVolumeStatus, validate::validate,
-    },
+    crd::{FINALIZER, Phase, ReclaimPolicy, StatefulLocalVolume, StatefulLocalVolumeStatus},
     tenant::{MarathonAppId, TenantId},
 };
 
@@ -36,7 +35,7 @@ pub async fn reconcile(obj: Arc<StatefulLocalVolume>, ctx: Arc<Context>) -> Resu
         let api: Api<StatefulLocalVolume> = Api::namespaced(ctx.kube.clone(), &ns);
         finalizer(&api, FINALIZER, obj, |event| async {
             match event {
-                Finalizer::Apply(v) => apply(v, &ctx, &ns).await,
+                Finalizer::Apply(v) => apply(v, &ctx).await,
                 Finalizer::Cleanup(v) => cleanup(v, &ctx, &ns).await,
             }
         })
@@ -59,8 +58,8 @@ pub fn error_policy(obj: Arc<StatefulLocalVolume>, err: &Error, ctx: Arc<Context
     Action::requeue(wait)
 }
 
-async fn apply(obj: Arc<StatefulLocalVolume>, ctx: &Context, ns: &str) -> Result<Action, Error> {
-    let req = match check(&obj, ctx, ns) {
+async fn apply(obj: Arc<StatefulLocalVolume>, ctx: &Context) -> Result<Action, Error> {
+    let req = match admission::admit(ctx, &obj) {
         Ok(v) => v,
         Err(msg) => {
             let outcome = Outcome::new(Phase::Failed, Reason::InvalidSpec, msg);
@@ -164,12 +163,6 @@ async fn delete_data(
             Err(Error::Retry(why))
         }
     }
-}
-
-/// Tenant and validated request, or a message naming the problem.
-fn check(obj: &StatefulLocalVolume, ctx: &Context, ns: &str) -> Result<crate::crd::VolumeRequest, String> {
-    let tenant = ctx.tenants.tenant(ns)?;
-    validate(&obj.spec, &tenant, &ctx.policy).map_err(|e| e.to_string())
 }
 
 /// Writes each volume's status (only where it changed) and its events.
