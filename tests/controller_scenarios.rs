@@ -761,3 +761,70 @@ async fn a_volume_inside_another_read_write_volume_is_refused() {
     assert_eq!(s.app_writes(&other), 0, "the other app was not touched");
     assert_eq!(ready(s.api.get("outer").await.unwrap()).reason, "Bound");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mounted_volume_whose_spec_turns_invalid_keeps_its_mount_and_pin() {
+    let (s, id, _ctl) = Scenario::with_running_app(&["node-1", "node-2"], "web").await;
+    for (name, path) in [("data", "/data"), ("logs", "/logs")] {
+        s.apply(name, json!({"app": id, "containerPath": path, "hostPath": path}))
+            .await;
+    }
+    let host = s.wait_bound("data").await.status.unwrap().host.unwrap();
+    s.wait_bound("logs").await;
+    let before = s.wait_app_settled(&id).await;
+    let writes = s.app_writes(&id);
+    let patch = |name: &'static str, spec: Value| {
+        let api = s.api.clone();
+        async move {
+            api.patch(
+                name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(json!({ "spec": spec })),
+            )
+            .await
+            .unwrap();
+        }
+    };
+
+    // The data is at /data on the host; a new hostPath would mount an empty path instead. The
+    // 1.20 apiserver does not run the CEL rule that refuses this edit, so the controller must.
+    patch("data", json!({"hostPath": "/moved"})).await;
+    let ready = ready(s.wait_reason("data", "InvalidSpec", 30).await);
+    assert!(
+        ready.message.contains("cannot change once the volume holds data"),
+        "{}",
+        ready.message
+    );
+    assert!(ready.message.contains("keeps"), "{}", ready.message);
+
+    // Another volume of the app changes: the app is written once, and the held volume stays
+    // mounted exactly as before, at its old path, with the pin.
+    patch("logs", json!({"readOnly": true})).await;
+    let app = eventually(30, "/logs to be mounted read-only", || async {
+        let app = s.app(&id).await;
+        host_volumes(&app)
+            .iter()
+            .any(|v| v["containerPath"] == "/logs" && v["mode"] == "RO")
+            .then_some(app)
+    })
+    .await;
+    let data_mount = |app: &Value| {
+        host_volumes(app)
+            .into_iter()
+            .find(|v| v["containerPath"] == "/data")
+    };
+    assert_eq!(
+        data_mount(&app),
+        data_mount(&before),
+        "the held volume is untouched"
+    );
+    assert_eq!(constraints(&app), vec![pin(&host)]);
+    s.wait_bound("logs").await;
+    assert_eq!(s.app_writes(&id), writes + 1, "one write, for /logs only");
+    assert!(!s.stack.host(&host).tenant_path(&s.ns, "/moved").exists());
+
+    // Putting the path back makes the volume Ready again without touching the app.
+    patch("data", json!({"hostPath": "/data"})).await;
+    s.wait_bound("data").await;
+    assert_eq!(s.app_writes(&id), writes + 1);
+}

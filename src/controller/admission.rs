@@ -2,11 +2,12 @@
 //! schema can check because it spans volumes: within a tenant, no read-write volume may contain
 //! another volume's host path. A container with write access to an ancestor of another mount's
 //! source could swap a directory for a symlink before the next mount and make Docker bind
-//! whatever the link points at (host-safety reference, §1.3).
+//! whatever the link points at (host-safety reference, §1.3). And a rule only the status knows:
+//! once a volume holds data, its `hostPath` is where that data is and cannot change.
 
 use kube::ResourceExt;
 
-use super::context::Context;
+use super::{context::Context, status};
 use crate::{
     crd::{StatefulLocalVolume, validate::VolumeRequest, validate::validate},
     tenant::VolumePath,
@@ -44,12 +45,44 @@ pub fn nested_conflict(me: &Claim, earlier: &[Claim]) -> Option<String> {
     })
 }
 
+/// Why `req` may not be used for a volume whose data is at `bound` (its `status.hostPath`).
+///
+/// `bound` is the path the host's agent reported: the tenant root as that agent sees it, then
+/// the user's path. The controller's root template may put the same tenant root under another
+/// prefix (each simulated host of a test has its own), so the comparison starts at the tenant's
+/// own directory.
+pub fn host_path_moved(bound: &str, req: &VolumePath, tenant_dir: &str) -> Option<String> {
+    let tail = format!("/{tenant_dir}{}", req.as_string());
+    if bound.ends_with(&tail) {
+        return None;
+    }
+    Some(format!(
+        "spec.hostPath cannot change once the volume holds data: its data is at {bound}, and {} would mount a \
+         new, empty path in its place. Put spec.hostPath back, or create another volume for the new path",
+        req.as_string()
+    ))
+}
+
 /// Validates `obj` for its namespace's tenant and checks it against the tenant's volumes that
-/// were created before it (the older volume keeps working, the newer one is refused).
+/// were created before it (the older volume keeps working, the newer one is refused), and
+/// against where its data already is.
 pub fn admit(ctx: &Context, obj: &StatefulLocalVolume) -> Result<VolumeRequest, String> {
     let ns = obj.namespace().unwrap_or_default();
     let tenant = ctx.tenants.tenant(&ns)?;
     let req = validate(&obj.spec, &tenant, &ctx.policy).map_err(|e| e.to_string())?;
+    if let Some(bound) = status::current(ctx, obj).and_then(|s| s.host_path) {
+        let depth = req.host_path.components().len();
+        let tenant_dir = req
+            .host_path_abs
+            .ancestors()
+            .nth(depth)
+            .and_then(|root| root.file_name())
+            .map(|d| d.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if let Some(msg) = host_path_moved(&bound, &req.host_path, &tenant_dir) {
+            return Err(msg);
+        }
+    }
     let order = |v: &StatefulLocalVolume| (v.creation_timestamp(), v.namespace(), v.name_any());
     let mine = order(obj);
     // Paths can only nest when their first components are equal: a cheap test that spares
@@ -129,6 +162,21 @@ mod tests {
             nested_conflict(&claim("t/b", "/b", false), &[claim("t/a", "/a", false)]),
             None
         );
+    }
+
+    #[test]
+    fn a_bound_volume_keeps_its_host_path() {
+        let p = |s: &str| VolumePath::parse(s).unwrap();
+        let bound = "/srv/node-1/containerdata/user-toto/a/data";
+        assert_eq!(host_path_moved(bound, &p("/a/data"), "user-toto"), None);
+        assert_eq!(host_path_moved(bound, &p("//a//data/"), "user-toto"), None);
+        for moved in ["/data", "/a/data/x", "/b/data", "/a"] {
+            let msg = host_path_moved(bound, &p(moved), "user-toto").unwrap();
+            assert!(msg.contains(bound) && msg.contains(moved), "{msg}");
+        }
+        // The same user path in another tenant's directory is not the same data.
+        assert!(host_path_moved(bound, &p("/a/data"), "user-tata").is_some());
+        assert!(host_path_moved("/containerdata/user-toto2/a/data", &p("/a/data"), "user-toto").is_some());
     }
 
     #[test]

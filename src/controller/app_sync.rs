@@ -30,7 +30,7 @@ use crate::{
         Phase, StatefulLocalVolume, VolumeType,
         validate::{SeedSource, VolumeRequest},
     },
-    marathon::{App, AppUpdate, MarathonError},
+    marathon::{App, AppUpdate, MarathonError, app::VolumeMode},
     tenant::MarathonAppId,
 };
 
@@ -70,44 +70,78 @@ pub struct Sync {
     pub requeue: Duration,
 }
 
+/// A volume of the app whose spec was refused after it had been mounted (an edit the controller
+/// cannot accept, or a changed tenant policy). Its mount and the app's pin stay exactly as they
+/// are: restarting the app without its data would be worse than keeping the last good state.
+/// Deleting the volume, or fixing its spec, is how it leaves.
+pub struct Held {
+    pub host: Option<String>,
+    /// Where its data is (`status.hostPath`).
+    pub host_path: String,
+    pub allow_concurrent_writers: bool,
+}
+
+/// The volumes of one app, as a pass over the app sees them.
+#[derive(Default)]
+pub struct AppVolumes {
+    pub members: Vec<Member>,
+    pub held: Vec<Held>,
+}
+
+/// The volume as berth knows it: the status it last wrote is newer than the watched object's.
+pub fn fresh(ctx: &Context, obj: &Arc<StatefulLocalVolume>) -> Arc<StatefulLocalVolume> {
+    let known = status::current(ctx, obj);
+    if known != obj.status {
+        let mut fresher = (**obj).clone();
+        fresher.status = known;
+        Arc::new(fresher)
+    } else {
+        obj.clone()
+    }
+}
+
 /// Volumes of `app` that are not being deleted, validated; `leaving` is left out.
 pub fn members(
     ctx: &Context,
     app: &MarathonAppId,
-    fresh: Option<&Arc<StatefulLocalVolume>>,
+    fresh_obj: Option<&Arc<StatefulLocalVolume>>,
     leaving: Option<&str>,
-) -> Vec<Member> {
+) -> AppVolumes {
     let mut objs: Vec<Arc<StatefulLocalVolume>> = ctx
         .store
         .state()
         .into_iter()
         .filter(|v| v.spec.app == app.as_str())
         .collect();
-    if let Some(fresh) = fresh {
-        objs.retain(|v| v.uid() != fresh.uid());
-        objs.push(fresh.clone());
+    if let Some(obj) = fresh_obj {
+        objs.retain(|v| v.uid() != obj.uid());
+        objs.push(obj.clone());
     }
     objs.retain(|v| v.metadata.deletion_timestamp.is_none() && v.uid().as_deref() != leaving);
     objs.sort_by_key(|v| (v.namespace(), v.name_any()));
-    objs.into_iter()
-        .filter_map(|obj| {
-            let req = admission::admit(ctx, &obj).ok()?;
-            // What berth last wrote is newer than the cache of watched objects.
-            let known = status::current(ctx, &obj);
-            let obj = if known != obj.status {
-                let mut fresher = (*obj).clone();
-                fresher.status = known;
-                Arc::new(fresher)
-            } else {
-                obj
-            };
-            Some(Member { obj, req })
-        })
-        .collect()
+    let mut volumes = AppVolumes::default();
+    for obj in objs {
+        let obj = fresh(ctx, &obj);
+        match admission::admit(ctx, &obj) {
+            Ok(req) => volumes.members.push(Member { obj, req }),
+            Err(_) => {
+                let status = obj.status.clone().unwrap_or_default();
+                if let Some(host_path) = status.host_path {
+                    volumes.held.push(Held {
+                        host: status.host,
+                        host_path,
+                        allow_concurrent_writers: obj.spec.allow_concurrent_writers,
+                    });
+                }
+            }
+        }
+    }
+    volumes
 }
 
 /// One pass over the app. `members` are its volumes; a volume being deleted is simply absent.
-pub async fn sync_app(ctx: &Context, app_id: &MarathonAppId, members: Vec<Member>) -> Result<Sync, Error> {
+pub async fn sync_app(ctx: &Context, app_id: &MarathonAppId, volumes: AppVolumes) -> Result<Sync, Error> {
+    let AppVolumes { members, held } = volumes;
     let app = match ctx.marathon.get_app(app_id.as_str()).await {
         Ok(app) => {
             ctx.metrics.marathon("get_app", "200");
@@ -142,11 +176,12 @@ pub async fn sync_app(ctx: &Context, app_id: &MarathonAppId, members: Vec<Member
         }
     };
 
-    // Placement: one host for the whole app.
+    // Placement: one host for the whole app, the held volumes' host included.
+    let held_host = held.iter().find_map(|h| h.host.clone());
     let host = if members.is_empty() {
-        None
+        held_host.clone()
     } else {
-        match choose_host(ctx, &app, &members).await {
+        match choose_host(ctx, &app, &members, held_host.as_deref()).await {
             Ok(host) => Some(host),
             Err(outcome) => {
                 let wait = if outcome.is_stalled() {
@@ -263,6 +298,24 @@ pub async fn sync_app(ctx: &Context, app_id: &MarathonAppId, members: Vec<Member
         }
     }
 
+    // Held volumes stay mounted as the app has them, unless a valid volume now claims the place.
+    for h in &held {
+        let managed = app_patch::managed_paths(&app);
+        let kept = app.host_volumes().find(|v| {
+            v.host_path == h.host_path
+                && managed.contains(&v.container_path)
+                && mounted.iter().all(|m| m.container_path != v.container_path)
+        });
+        if let Some(v) = kept {
+            mounted.push(MountedVolume {
+                container_path: v.container_path.clone(),
+                host_path: v.host_path.clone(),
+                read_only: v.mode == VolumeMode::ReadOnly,
+                allow_concurrent_writers: h.allow_concurrent_writers,
+            });
+        }
+    }
+
     // The app.
     let pin = if mounted.is_empty() { None } else { host.as_deref() };
     let desired = match app_patch::desired_app(&app, &mounted, pin) {
@@ -352,10 +405,16 @@ pub async fn sync_app(ctx: &Context, app_id: &MarathonAppId, members: Vec<Member
 }
 
 /// Chooses the app's host, or says why none can be chosen.
-async fn choose_host(ctx: &Context, app: &App, members: &[Member]) -> Result<String, Outcome> {
+async fn choose_host(
+    ctx: &Context,
+    app: &App,
+    members: &[Member],
+    held_host: Option<&str>,
+) -> Result<String, Outcome> {
     let recorded: BTreeSet<&str> = members
         .iter()
         .filter_map(|m| m.obj.status.as_ref()?.host.as_deref())
+        .chain(held_host)
         .collect();
     let requested: BTreeSet<&str> = members.iter().filter_map(|m| m.req.host.as_deref()).collect();
     let task_hosts: Vec<&str> = app.tasks.iter().flatten().map(|t| t.host.as_str()).collect();

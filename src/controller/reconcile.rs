@@ -59,11 +59,23 @@ pub fn error_policy(obj: Arc<StatefulLocalVolume>, err: &Error, ctx: Arc<Context
 }
 
 async fn apply(obj: Arc<StatefulLocalVolume>, ctx: &Context) -> Result<Action, Error> {
+    let obj = app_sync::fresh(ctx, &obj);
     let req = match admission::admit(ctx, &obj) {
         Ok(v) => v,
         Err(msg) => {
-            let outcome = Outcome::new(Phase::Failed, Reason::InvalidSpec, msg);
             let status = obj.status.clone().unwrap_or_default();
+            // A volume that holds data keeps its mount and pin (see `app_sync::Held`); say so.
+            let outcome = match &status.host_path {
+                Some(path) => Outcome::new(
+                    status.phase.unwrap_or(Phase::Failed),
+                    Reason::InvalidSpec,
+                    format!(
+                        "{msg}; until the spec is fixed, {} keeps {path} mounted as before and berth changes nothing",
+                        obj.spec.app
+                    ),
+                ),
+                None => Outcome::new(Phase::Failed, Reason::InvalidSpec, msg),
+            };
             status::write(ctx, &obj, &outcome, status.host, status.host_path).await?;
             return Ok(Action::await_change());
         }

@@ -44,6 +44,9 @@ const PATH_PATTERN: &str = r"^(/+([ -+\-0-9;-\[\]-~][ -+\--.0-9;-\[\]-~]*|\.[ -+
     validation = Rule::new("!has(self.spec.seed) || (has(self.spec.type) && self.spec.type == 'File')")
         .message("spec.seed is only allowed with spec.type: File")
         .field_path(".spec.seed"),
+    validation = Rule::new("!has(oldSelf.status) || !has(oldSelf.status.hostPath) || self.spec.hostPath == oldSelf.spec.hostPath")
+        .message("spec.hostPath cannot change once the volume holds data (status.hostPath); create another volume for the new path")
+        .field_path(".spec.hostPath"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct StatefulLocalVolumeSpec {
@@ -62,7 +65,8 @@ pub struct StatefulLocalVolumeSpec {
     pub container_path: String,
 
     /// Path of the data relative to the tenant's root on the host, written as an absolute path:
-    /// /var/log becomes /containerdata/user-<tenant>/var/log. No '..', '.', ':' or ','.
+    /// /var/log becomes /containerdata/user-<tenant>/var/log. No '..', '.', ':' or ','. Fixed once
+    /// the volume holds data (status.hostPath is set).
     #[schemars(length(min = 2, max = 4095), regex(pattern = PATH_PATTERN))]
     pub host_path: String,
 

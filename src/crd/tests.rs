@@ -264,6 +264,25 @@ fn app_is_immutable_under_cel() {
 }
 
 #[test]
+fn host_path_is_fixed_under_cel_once_the_volume_holds_data() {
+    let cel = |new: Value, old: Value| Validator::new().validate(&schema(), &new, Some(&old)).is_ok();
+    let bound = |spec: Value| {
+        let mut o = object(spec);
+        o["status"] = json!({"phase": "Bound", "hostPath": "/containerdata/user-toto/etc/localtime"});
+        o
+    };
+    let moved = with(localtime(), "hostPath", json!("/etc/tz"));
+    // Before berth created anything, the path may still change.
+    assert!(cel(object(moved.clone()), object(localtime())));
+    // Afterwards it may not; other fields may.
+    assert!(!cel(bound(moved), bound(localtime())));
+    assert!(cel(
+        bound(with(localtime(), "readOnly", json!(false))),
+        bound(localtime())
+    ));
+}
+
+#[test]
 fn committed_crd_matches_the_types() {
     let committed = include_str!("../../crds/statefullocalvolume.yaml");
     assert!(
