@@ -51,6 +51,7 @@ fn main() {
         Agent::new(AgentConfig {
             root_template: format!("{}/user-{{tenant}}", base.display()),
             hostname: "bench".into(),
+            attributes: Default::default(),
             uid_map: map.clone(),
             gid_map: map,
             remap_source: "bench".into(),

@@ -449,6 +449,7 @@ async fn host_info_reports_hostname_root_space_and_remap() {
     let server = start_server(env.agent.clone(), None).await;
     let h = client(&server).host_info().await.unwrap();
     assert_eq!(h.hostname, "node-test");
+    assert_eq!(h.attributes["rack"], "r1");
     assert_eq!(h.root, env.base.display().to_string());
     assert!(h.space.total_bytes > 0 && h.space.free_bytes <= h.space.total_bytes);
     assert!(!h.remap.identity);

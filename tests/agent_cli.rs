@@ -62,6 +62,9 @@ async fn agent_process_reads_token_and_remap_files_and_stops_on_sigterm() {
     std::fs::write(&subgid, "berthremap:200000:65536\n").unwrap();
     let token_file = tmp.path().join("token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    // The Mesos agent's own attributes file, as `--attributes=file://...` would read it.
+    let attributes = tmp.path().join("mesos-attributes");
+    std::fs::write(&attributes, "rack:r2;cpus:4.0\n").unwrap();
     let port = free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
         .args(["agent", "--listen", &format!("127.0.0.1:{port}")])
@@ -70,6 +73,7 @@ async fn agent_process_reads_token_and_remap_files_and_stops_on_sigterm() {
         .arg("--root-template")
         .arg(format!("{}/user-{{tenant}}", base.display()))
         .args(["--hostname", "node-7", "--remap-user", "berthremap"])
+        .arg(format!("--attributes=file://{}", attributes.display()))
         .arg("--subuid-file")
         .arg(&subuid)
         .arg("--subgid-file")
@@ -89,6 +93,14 @@ async fn agent_process_reads_token_and_remap_files_and_stops_on_sigterm() {
     .unwrap();
     let h = c.host_info().await.unwrap();
     assert_eq!(h.hostname, "node-7");
+    assert_eq!(
+        h.attributes,
+        [
+            ("cpus".to_owned(), "4".to_owned()),
+            ("rack".to_owned(), "r2".to_owned())
+        ]
+        .into()
+    );
     assert_eq!(h.root, base.display().to_string());
     assert_eq!(h.remap.uid_ranges[0].host_start, 165536);
     assert_eq!(h.remap.gid_ranges[0].host_start, 200000);
@@ -161,4 +173,24 @@ fn agent_refuses_to_start_without_a_token_or_with_inconsistent_remap() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("has ranges in only one of"), "{err}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args([
+            "agent",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-remap",
+            "--root-template",
+            &template,
+        ])
+        .args(["--attributes", "rack"])
+        .env("BERTH_AGENT_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--attributes: attribute \"rack\" has no value"),
+        "{err}"
+    );
 }

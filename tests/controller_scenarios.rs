@@ -15,7 +15,7 @@ use kube::{
 use serde_json::{Value, json};
 use support::{
     admin_client, install_crd, namespace,
-    stack::{ControllerProcess, REMAP_BASE, Stack, eventually},
+    stack::{ControllerProcess, REMAP_BASE, Stack, StackOptions, eventually},
 };
 
 struct Scenario {
@@ -27,12 +27,16 @@ struct Scenario {
 
 impl Scenario {
     async fn start(hosts: &[&str]) -> Scenario {
+        Scenario::start_with(hosts, StackOptions::default()).await
+    }
+
+    async fn start_with(hosts: &[&str], options: StackOptions) -> Scenario {
         let client = admin_client().await;
         install_crd(&client).await;
         support_helm::grant_chart_rbac_once(&client).await;
         let ns = namespace(&client, "toto").await;
         let api = Api::namespaced(client, &ns);
-        let stack = Stack::start(hosts).await;
+        let stack = Stack::start_with(hosts, options).await;
         Scenario {
             ns,
             api,
@@ -827,4 +831,144 @@ async fn a_mounted_volume_whose_spec_turns_invalid_keeps_its_mount_and_pin() {
     patch("data", json!({"hostPath": "/data"})).await;
     s.wait_bound("data").await;
     assert_eq!(s.app_writes(&id), writes + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn placement_honours_the_apps_attribute_constraints() {
+    let options = StackOptions {
+        attributes: vec![("node-1", "rack:r1"), ("node-2", "rack:r2")],
+        ..StackOptions::default()
+    };
+    let s = Scenario::start_with(&["node-1", "node-2"], options).await;
+    let _ctl = s.controller().await;
+    // Apps with no task yet, so berth chooses among the agents.
+    let app_in = |name: &str, rack: &str| {
+        let mut app = docker_app(&s.app_id(name));
+        app["instances"] = json!(0);
+        app["constraints"] = json!([["rack", "CLUSTER", rack]]);
+        app
+    };
+    s.create_app(app_in("web", "r2")).await;
+    s.create_app(app_in("batch", "r9")).await;
+    s.apply(
+        "web-data",
+        json!({"app": s.app_id("web"), "containerPath": "/data", "hostPath": "/web"}),
+    )
+    .await;
+    s.apply(
+        "batch-data",
+        json!({"app": s.app_id("batch"), "containerPath": "/data", "hostPath": "/batch"}),
+    )
+    .await;
+
+    let v = s.wait_bound("web-data").await;
+    assert_eq!(
+        v.status.unwrap().host.as_deref(),
+        Some("node-2"),
+        "the only host in rack r2"
+    );
+    let app = s.app(&s.app_id("web")).await;
+    let mut c = constraints(&app);
+    c.sort_by_key(|c| c.to_string());
+    assert_eq!(c, vec![pin("node-2"), json!(["rack", "CLUSTER", "r2"])]);
+
+    // No agent is in rack r9: berth says so and creates nothing, instead of pinning the app to
+    // a host Marathon could never use.
+    let ready = ready(s.wait_reason("batch-data", "NoSuitableHost", 30).await);
+    assert!(ready.message.contains("constraints"), "{}", ready.message);
+    for host in ["node-1", "node-2"] {
+        assert!(!s.stack.host(host).tenant_path(&s.ns, "/batch").exists());
+    }
+    assert_eq!(s.app_writes(&s.app_id("batch")), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_are_found_through_the_agent_apps_tasks() {
+    // Hosts named by address, as on DC/OS: each agent listens on <host>:<port>, and the
+    // controller knows no agent but the Marathon app `/berth/agent` whose tasks they are.
+    let port = support::stack::free_port();
+    let hosts = ["127.0.0.2", "127.0.0.3", "127.0.0.4"];
+    let options = StackOptions {
+        shared_agent_port: Some(port),
+        ..StackOptions::default()
+    };
+    let s = Scenario::start_with(&hosts, options).await;
+    // The agent app runs on two of the three hosts.
+    s.create_app(json!({
+        "id": "/berth/agent", "cmd": "berth agent", "cpus": 0.1, "mem": 64, "instances": 2,
+        "constraints": [["hostname", "UNIQUE"], ["hostname", "UNLIKE", "127\\.0\\.0\\.4"]],
+    }))
+    .await;
+    s.wait_app_settled("/berth/agent").await;
+    let port = port.to_string();
+    let _ctl = s
+        .stack
+        .controller_without_static_agents(
+            &s.ns,
+            &[
+                "--agent-app",
+                "/berth/agent",
+                "--agent-scheme",
+                "http",
+                "--agent-port",
+                &port,
+            ],
+        )
+        .await;
+
+    // A running app: its volume goes where it runs, through that host's discovered agent.
+    let id = s.app_id("web");
+    s.create_app(json!({
+        "id": id, "cmd": "serve", "cpus": 0.1, "mem": 64, "instances": 1,
+        "container": {"type": "DOCKER", "docker": {"image": "busybox"}},
+        "constraints": [["hostname", "UNLIKE", "127\\.0\\.0\\.4"]],
+    }))
+    .await;
+    let running_on = s.wait_app_settled(&id).await["tasks"][0]["host"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    s.apply(
+        "data",
+        json!({"app": id, "containerPath": "/data", "hostPath": "/data"}),
+    )
+    .await;
+    let v = s.wait_bound("data").await;
+    assert_eq!(v.status.unwrap().host.as_deref(), Some(running_on.as_str()));
+    assert!(s.stack.host(&running_on).tenant_path(&s.ns, "/data").is_dir());
+
+    // An app with no task yet: placement asks the discovered agents only, never 127.0.0.4.
+    let idle = s.app_id("idle");
+    let mut app = docker_app(&idle);
+    app["instances"] = json!(0);
+    s.create_app(app).await;
+    s.apply(
+        "idle",
+        json!({"app": idle, "containerPath": "/data", "hostPath": "/idle"}),
+    )
+    .await;
+    let host = s.wait_bound("idle").await.status.unwrap().host.unwrap();
+    assert_ne!(host, "127.0.0.4", "no agent task runs there");
+    assert!(s.stack.host(&host).tenant_path(&s.ns, "/idle").is_dir());
+
+    // A volume asking for the host without an agent task: berth says where agents come from and
+    // creates nothing, even though an agent process happens to listen there.
+    let pinned = s.app_id("pinned");
+    let mut app = docker_app(&pinned);
+    app["instances"] = json!(0);
+    s.create_app(app).await;
+    s.apply(
+        "pinned",
+        json!({"app": pinned, "containerPath": "/data", "hostPath": "/pinned", "placement": {"host": "127.0.0.4"}}),
+    )
+    .await;
+    let ready = ready(s.wait_reason("pinned", "HostUnavailable", 30).await);
+    assert!(
+        ready
+            .message
+            .contains("no berth agent is known for host 127.0.0.4"),
+        "{}",
+        ready.message
+    );
+    assert!(!s.stack.host("127.0.0.4").tenant_path(&s.ns, "/pinned").exists());
 }

@@ -1,6 +1,8 @@
 //! Wire types of the agent's HTTP API, shared by the agent and the controller's client.
 //! All JSON field names are camelCase. See `docs/agent.md` for examples.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 pub use super::remap::IdRange;
@@ -196,6 +198,11 @@ pub struct RemapInfo {
 pub struct HostInfo {
     /// Hostname as Marathon/Mesos sees this host (what `hostname` constraints match).
     pub hostname: String,
+    /// The host's Mesos attributes (from the agent's --attributes), as Marathon's constraints
+    /// compare them: what berth's placement checks an app's attribute constraints against.
+    /// Empty when not configured (and from agents older than this field).
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
     /// Directory holding all tenant roots, e.g. `/containerdata`.
     pub root: String,
     /// Template of a tenant root, e.g. `/containerdata/user-{tenant}`.

@@ -2,6 +2,7 @@
 //! berth that touches a host's files. See `docs/agent.md`.
 //!
 //! - [`api`]: JSON wire types shared with the controller.
+//! - [`attributes`]: the host's Mesos attributes, for placement by attribute constraints.
 //! - [`remap`]: `/etc/subuid`/`/etc/subgid` parsing and container→host id mapping.
 //! - [`safe_fs`]: fd-relative, no-follow, no-mount-crossing file operations.
 //! - [`ops`]: validation plus the operations (`ensure`, `inspect`, `delete`, `host_info`).
@@ -9,6 +10,7 @@
 //! - [`client`]: the controller's typed client.
 
 pub mod api;
+pub mod attributes;
 pub mod client;
 pub mod ops;
 pub mod remap;
@@ -49,6 +51,11 @@ pub struct AgentArgs {
     /// the Mesos agent's --hostname when that is set.
     #[arg(long, env = "BERTH_AGENT_HOSTNAME")]
     pub hostname: Option<String>,
+    /// The host's Mesos attributes, exactly as the Mesos agent's --attributes (rack:r1;zone:west),
+    /// or file:///PATH holding them. berth's placement then honours the app's attribute
+    /// constraints; without them it can only check hostname constraints.
+    #[arg(long, env = "BERTH_AGENT_ATTRIBUTES", default_value = "")]
+    pub attributes: String,
     /// User whose /etc/subuid and /etc/subgid ranges Docker's userns-remap uses.
     #[arg(long, default_value = "dockremap")]
     pub remap_user: String,
@@ -176,6 +183,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
             )));
         }
     }
+    let attributes = attributes::load(&args.attributes).map_err(AgentError::Config)?;
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(c), Some(k)) => Some(server::load_tls(c, k)?),
         _ => {
@@ -188,6 +196,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     let agent = Arc::new(Agent::new(AgentConfig {
         root_template: args.root_template.clone(),
         hostname: hostname.clone(),
+        attributes,
         uid_map,
         gid_map,
         remap_source,

@@ -1,7 +1,7 @@
 //! The agent's operations: validate an untrusted request with [`crate::tenant`], map ids through
 //! the remap, then act through [`SafeRoot`]. Used by the HTTP server and directly by tests.
 
-use std::path::PathBuf;
+use std::{collections::BTreeMap, path::PathBuf};
 
 use thiserror::Error;
 use tracing::{info_span, warn};
@@ -26,6 +26,8 @@ pub struct AgentConfig {
     pub root_template: String,
     /// Hostname as Marathon/Mesos sees this host.
     pub hostname: String,
+    /// The host's Mesos attributes, as Marathon's constraints compare them.
+    pub attributes: BTreeMap<String, String>,
     pub uid_map: IdMap,
     pub gid_map: IdMap,
     /// Where the maps came from (shown in host info).
@@ -211,6 +213,7 @@ impl Agent {
     pub fn host_info(&self) -> Result<HostInfo, OpError> {
         Ok(HostInfo {
             hostname: self.config.hostname.clone(),
+            attributes: self.config.attributes.clone(),
             root: self.fs.base_path().display().to_string(),
             root_template: self.config.root_template.clone(),
             space: self.fs.space()?,

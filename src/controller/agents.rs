@@ -96,7 +96,11 @@ impl Agents {
                         tracing::warn!(%host, reports = %info.hostname, "agent left out of placement: it reports another hostname; fix its --hostname");
                         None
                     }
-                    Ok(info) => Some(Candidate { host, free_bytes: info.space.free_bytes }),
+                    Ok(info) => Some(Candidate {
+                        host,
+                        free_bytes: info.space.free_bytes,
+                        attributes: info.attributes,
+                    }),
                     Err(e) => {
                         tracing::warn!(%host, error = %e, "agent left out of placement");
                         None

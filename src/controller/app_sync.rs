@@ -439,8 +439,8 @@ async fn choose_host(
         .flat_map(|c| c.iter())
         .map(|c| (c.field.clone(), c.operator.clone(), c.value.clone()))
         .collect();
-    match placement::place(&input, &candidates, |h| {
-        placement::hostname_allowed(&user_constraints, h)
+    match placement::place(&input, &candidates, |c| {
+        placement::constraints_allow(&user_constraints, c)
     }) {
         Placement::Host { host, .. } => Ok(host),
         Placement::Conflict(msg) => Err(Outcome::new(Phase::Failed, Reason::ConflictingPlacement, msg)),

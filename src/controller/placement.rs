@@ -4,7 +4,7 @@
 //! All volumes of one app share one host, because a Marathon task runs on one host. Without a
 //! recorded or requested host berth prefers the host where the app already runs (its data is
 //! probably there), then the agent with the most free space that fits the app's volumes and
-//! satisfies the app's hostname constraints.
+//! satisfies the app's constraints on the hostname and on the Mesos attributes the agent reports.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -13,6 +13,9 @@ use std::collections::{BTreeMap, BTreeSet};
 pub struct Candidate {
     pub host: String,
     pub free_bytes: u64,
+    /// The host's Mesos attributes as its agent reports them; empty when the agent was not
+    /// told them.
+    pub attributes: BTreeMap<String, String>,
 }
 
 /// What placement knows about a volume and its app.
@@ -54,11 +57,11 @@ pub enum Placement {
     NoHost(String),
 }
 
-/// Chooses the host. `allowed` says whether the app's own constraints accept a host name.
+/// Chooses the host. `allowed` says whether the app's own constraints accept a candidate.
 pub fn place(
     input: &PlacementInput<'_>,
     candidates: &[Candidate],
-    allowed: impl Fn(&str) -> bool,
+    allowed: impl Fn(&Candidate) -> bool,
 ) -> Placement {
     if let Some(recorded) = input.recorded {
         if let Some(requested) = input.requested.filter(|r| *r != recorded) {
@@ -112,7 +115,7 @@ pub fn place(
     }
     candidates
         .iter()
-        .filter(|c| c.free_bytes >= input.capacity_bytes && allowed(&c.host))
+        .filter(|c| c.free_bytes >= input.capacity_bytes && allowed(c))
         // Most free space first; the host name breaks ties so the choice is deterministic.
         .max_by(|a, b| a.free_bytes.cmp(&b.free_bytes).then_with(|| b.host.cmp(&a.host)))
         .map(|c| Placement::Host {
@@ -121,31 +124,46 @@ pub fn place(
         })
         .unwrap_or_else(|| {
             Placement::NoHost(format!(
-                "none of the {} known agents has {} bytes free and satisfies the app's hostname constraints",
+                "none of the {} known agents has {} bytes free and satisfies the app's constraints",
                 candidates.len(),
                 input.capacity_bytes
             ))
         })
 }
 
-/// Whether the app's own hostname constraints accept `host` as the one host for all its tasks.
-/// Only operators that judge a single host are checked (LIKE and UNLIKE as full matches,
-/// CLUSTER and IS with a value); attribute constraints are Marathon's to check, since agents do
-/// not report Mesos attributes.
-pub fn hostname_allowed(constraints: &[(String, String, Option<String>)], host: &str) -> bool {
-    constraints
-        .iter()
-        .filter(|(field, _, _)| field == "hostname" || field == "@hostname")
-        .all(|(_, op, value)| {
-            let value = value.as_deref().unwrap_or("");
-            let full_match = || regex::Regex::new(&format!("^(?:{value})$")).is_ok_and(|r| r.is_match(host));
-            match op.as_str() {
-                "LIKE" => full_match(),
-                "UNLIKE" => !full_match(),
-                "CLUSTER" | "IS" if !value.is_empty() => value == host,
-                _ => true,
+/// Whether the app's own constraints accept `c` as the one host for all its tasks, judged as
+/// Marathon judges an offer (`marathon-api.md`): LIKE and UNLIKE are full matches, CLUSTER and IS
+/// with a value are equality, and an attribute the host lacks fails every operator but UNLIKE.
+/// Operators that spread tasks (UNIQUE, GROUP_BY, MAX_PER) say nothing about a single host. An
+/// agent that reports no attributes at all was not told them: its attribute constraints are left
+/// to Marathon rather than guessed.
+pub fn constraints_allow(constraints: &[(String, String, Option<String>)], c: &Candidate) -> bool {
+    constraints.iter().all(|(field, op, value)| {
+        let offered = match field.as_str() {
+            "hostname" | "@hostname" => Some(c.host.as_str()),
+            _ if c.attributes.is_empty() => return true,
+            // Fault-domain fields come from Mesos, not from attributes, unless the agent says.
+            "@region" | "@zone" if !c.attributes.contains_key(field) => return true,
+            _ => c.attributes.get(field).map(String::as_str),
+        };
+        let Some(offered) = offered else {
+            return op == "UNLIKE";
+        };
+        let value = value.as_deref().unwrap_or("");
+        let full_match = || regex::Regex::new(&format!("^(?:{value})$")).is_ok_and(|r| r.is_match(offered));
+        match op.as_str() {
+            "LIKE" => full_match(),
+            "UNLIKE" => !full_match(),
+            "CLUSTER" if !value.is_empty() => value == offered,
+            "IS" if !value.is_empty() => {
+                crate::agent::attributes::scalar(value)
+                    .as_deref()
+                    .unwrap_or(value)
+                    == offered
             }
-        })
+            _ => true,
+        }
+    })
 }
 
 fn most_common<'a>(hosts: &[&'a str]) -> Option<&'a str> {
@@ -161,20 +179,22 @@ fn most_common<'a>(hosts: &[&'a str]) -> Option<&'a str> {
 mod tests {
     use super::*;
 
+    fn agent(host: &str, free_bytes: u64, attributes: &[(&str, &str)]) -> Candidate {
+        Candidate {
+            host: host.into(),
+            free_bytes,
+            attributes: attributes
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
     fn agents() -> Vec<Candidate> {
         vec![
-            Candidate {
-                host: "node-1".into(),
-                free_bytes: 100,
-            },
-            Candidate {
-                host: "node-2".into(),
-                free_bytes: 300,
-            },
-            Candidate {
-                host: "node-3".into(),
-                free_bytes: 300,
-            },
+            agent("node-1", 100, &[]),
+            agent("node-2", 300, &[]),
+            agent("node-3", 300, &[]),
         ]
     }
 
@@ -185,23 +205,68 @@ mod tests {
         }
     }
 
+    fn c(field: &str, op: &str, v: &str) -> Vec<(String, String, Option<String>)> {
+        vec![(field.to_owned(), op.to_owned(), Some(v.to_owned()))]
+    }
+
     #[test]
     fn hostname_constraints_are_full_matches() {
-        let c = |op: &str, v: &str| vec![("hostname".to_owned(), op.to_owned(), Some(v.to_owned()))];
-        assert!(hostname_allowed(&c("LIKE", "node-[12]"), "node-1"));
+        let n1 = agent("node-1", 1, &[]);
+        assert!(constraints_allow(&c("hostname", "LIKE", "node-[12]"), &n1));
         assert!(
-            !hostname_allowed(&c("LIKE", "node"), "node-1"),
+            !constraints_allow(&c("hostname", "LIKE", "node"), &n1),
             "LIKE is a full-string match"
         );
-        assert!(!hostname_allowed(&c("UNLIKE", "node-1"), "node-1"));
-        assert!(hostname_allowed(&c("UNLIKE", "node"), "node-1"));
-        assert!(hostname_allowed(&c("CLUSTER", "node-1"), "node-1"));
-        assert!(!hostname_allowed(&c("CLUSTER", "node-2"), "node-1"));
-        assert!(hostname_allowed(&c("CLUSTER", ""), "node-1"));
-        assert!(hostname_allowed(
-            &[("rack".into(), "LIKE".into(), Some("r1".into()))],
-            "node-1"
+        assert!(!constraints_allow(&c("hostname", "UNLIKE", "node-1"), &n1));
+        assert!(constraints_allow(&c("hostname", "UNLIKE", "node"), &n1));
+        assert!(constraints_allow(&c("hostname", "CLUSTER", "node-1"), &n1));
+        assert!(!constraints_allow(&c("@hostname", "CLUSTER", "node-2"), &n1));
+        assert!(constraints_allow(&c("hostname", "CLUSTER", ""), &n1));
+        assert!(constraints_allow(&c("hostname", "UNIQUE", ""), &n1));
+    }
+
+    #[test]
+    fn attribute_constraints_are_judged_where_the_agent_reports_attributes() {
+        let r1 = agent("node-1", 1, &[("rack", "r1"), ("cpus", "2.5")]);
+        assert!(constraints_allow(&c("rack", "CLUSTER", "r1"), &r1));
+        assert!(!constraints_allow(&c("rack", "CLUSTER", "r2"), &r1));
+        assert!(constraints_allow(&c("rack", "IS", "r1"), &r1));
+        assert!(
+            constraints_allow(&c("cpus", "IS", "2.50"), &r1),
+            "IS normalises scalars"
+        );
+        assert!(
+            !constraints_allow(&c("cpus", "CLUSTER", "2.50"), &r1),
+            "CLUSTER does not"
+        );
+        assert!(constraints_allow(&c("rack", "LIKE", "r[0-9]"), &r1));
+        assert!(!constraints_allow(&c("rack", "LIKE", "r"), &r1));
+        assert!(constraints_allow(&c("cpus", "LIKE", "2\\.5"), &r1));
+        assert!(constraints_allow(&c("rack", "GROUP_BY", ""), &r1));
+        // A lacking attribute passes UNLIKE only, as in Marathon.
+        for op in ["CLUSTER", "LIKE", "IS", "UNIQUE", "GROUP_BY", "MAX_PER"] {
+            assert!(!constraints_allow(&c("zone", op, "a"), &r1), "{op}");
+        }
+        assert!(constraints_allow(&c("zone", "UNLIKE", "a"), &r1));
+        // An agent that was not told its attributes is not judged on them.
+        assert!(constraints_allow(
+            &c("rack", "CLUSTER", "r2"),
+            &agent("node-2", 1, &[])
         ));
+        assert!(constraints_allow(&c("@zone", "CLUSTER", "a"), &r1));
+    }
+
+    #[test]
+    fn placement_skips_hosts_in_the_wrong_rack() {
+        let hosts = vec![
+            agent("node-1", 500, &[("rack", "r1")]),
+            agent("node-2", 100, &[("rack", "r2")]),
+        ];
+        let wants_r2 = c("rack", "CLUSTER", "r2");
+        let p = place(&PlacementInput::default(), &hosts, |h| {
+            constraints_allow(&wants_r2, h)
+        });
+        assert_eq!(host(p), ("node-2".into(), PlacementReason::MostFreeSpace));
     }
 
     #[test]
@@ -302,7 +367,7 @@ mod tests {
             host(place(&input, &agents(), |_| true)),
             ("node-2".into(), PlacementReason::MostFreeSpace)
         );
-        assert_eq!(host(place(&input, &agents(), |h| h != "node-2")).0, "node-3");
+        assert_eq!(host(place(&input, &agents(), |h| h.host != "node-2")).0, "node-3");
         let too_big = PlacementInput {
             capacity_bytes: 301,
             ..Default::default()
@@ -312,7 +377,7 @@ mod tests {
             Placement::NoHost(_)
         ));
         assert!(matches!(
-            place(&input, &agents(), |h| h == "node-1"),
+            place(&input, &agents(), |h| h.host == "node-1"),
             Placement::NoHost(_)
         ));
     }

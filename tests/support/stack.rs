@@ -78,6 +78,13 @@ pub struct StackOptions {
     /// Adjusts the simulator's configuration, given each host's name and root (its
     /// `/containerdata`).
     pub sim: SimConfigFn,
+    /// Mesos attributes per host (`("node-1", "rack:r1")`): the host's agent gets them as
+    /// `--attributes`, the simulated Mesos agent offers them.
+    pub attributes: Vec<(&'static str, &'static str)>,
+    /// Every agent listens on `<host name>:<this port>`, as agents deployed as a Marathon app do;
+    /// the host names must then be loopback addresses (127.0.0.2, …). Default: 127.0.0.1 and a
+    /// port of its own per agent.
+    pub shared_agent_port: Option<u16>,
 }
 
 impl Default for StackOptions {
@@ -85,6 +92,8 @@ impl Default for StackOptions {
         Self {
             remap: (REMAP_BASE, 65536),
             sim: Box::new(|_, _| {}),
+            attributes: Vec::new(),
+            shared_agent_port: None,
         }
     }
 }
@@ -127,6 +136,17 @@ impl Stack {
             std::fs::create_dir_all(root).expect("create a host root");
         }
         let mut sim_config = SimConfig::with_agents(hostnames);
+        let attributes_of = |host: &str| {
+            options
+                .attributes
+                .iter()
+                .find(|(h, _)| *h == host)
+                .map_or("", |(_, a)| *a)
+        };
+        for agent in &mut sim_config.agents {
+            agent.attributes = berth::agent::attributes::parse(attributes_of(&agent.hostname))
+                .expect("valid test attributes");
+        }
         (options.sim)(&mut sim_config, &roots);
         let sim = Simulator::start(sim_config)
             .await
@@ -137,26 +157,24 @@ impl Stack {
         let mut hosts = Vec::new();
         for (name, root) in roots {
             let name = name.as_str();
-            let port = free_port();
+            let addr = match options.shared_agent_port {
+                Some(port) => format!("{name}:{port}"),
+                None => format!("127.0.0.1:{}", free_port()),
+            };
             let agent = Command::new(berth_bin())
-                .args([
-                    "agent",
-                    "--listen",
-                    &format!("127.0.0.1:{port}"),
-                    "--hostname",
-                    name,
-                ])
+                .args(["agent", "--listen", &addr, "--hostname", name])
                 .arg("--token-file")
                 .arg(&agent_token_file)
                 .arg("--root-template")
                 .arg(root.join("user-{tenant}"))
                 .args(["--uid-map", &remap, "--gid-map", &remap])
                 .args(["--seed-allow", "/etc/localtime"])
+                .args(["--attributes", attributes_of(name)])
                 .stdout(Stdio::null())
                 .stderr(log_file(dir.path(), &format!("agent-{name}.log")))
                 .spawn()
                 .expect("start berth agent");
-            let url = format!("http://127.0.0.1:{port}");
+            let url = format!("http://{addr}");
             wait_http(&format!("{url}/healthz")).await;
             hosts.push(Host {
                 name: name.to_string(),
@@ -199,8 +217,27 @@ impl Stack {
         path
     }
 
-    /// Starts `berth controller` for one namespace.
+    /// Starts `berth controller` for one namespace, with every host's agent given by `--agent`.
     pub async fn controller(&self, namespace: &str, extra: &[&str]) -> ControllerProcess {
+        let agents: Vec<String> = self
+            .hosts
+            .iter()
+            .map(|h| format!("{}={}", h.name, h.url))
+            .collect();
+        let mut args: Vec<&str> = extra.to_vec();
+        for a in &agents {
+            args.extend(["--agent", a]);
+        }
+        self.controller_without_static_agents(namespace, &args).await
+    }
+
+    /// Starts `berth controller` for one namespace with only the flags in `extra` to find agents
+    /// (e.g. `--agent-app`).
+    pub async fn controller_without_static_agents(
+        &self,
+        namespace: &str,
+        extra: &[&str],
+    ) -> ControllerProcess {
         let port = free_port();
         let log = self.dir.path().join(format!("controller-{port}.log"));
         let mut cmd = Command::new(berth_bin());
@@ -221,9 +258,6 @@ impl Stack {
             .env("RUST_LOG", "info,berth=debug")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("create the controller log"));
-        for h in &self.hosts {
-            cmd.args(["--agent", &format!("{}={}", h.name, h.url)]);
-        }
         let child = cmd.spawn().expect("start berth controller");
         let metrics = format!("http://127.0.0.1:{port}");
         wait_http(&format!("{metrics}/healthz")).await;

@@ -35,6 +35,7 @@ pub fn config(base: &Path, uid_map: IdMap, gid_map: IdMap) -> AgentConfig {
     AgentConfig {
         root_template: format!("{}/user-{{tenant}}", base.display()),
         hostname: "node-test".into(),
+        attributes: [("rack".to_owned(), "r1".to_owned())].into(),
         uid_map,
         gid_map,
         remap_source: "test ranges".into(),
