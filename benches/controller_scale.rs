@@ -9,6 +9,9 @@
 //! ```text
 //! cargo bench --bench controller_scale            # BENCH_APPS=100 BENCH_VOLUMES_PER_APP=3 BENCH_HOSTS=5
 //! ```
+//!
+//! The steady state is watched for `BENCH_STEADY_SECS` (45) with `--resync BENCH_RESYNC_SECS`
+//! (20); at 10,000 volumes use a resync nearer production's (5 min) and a longer window.
 #[path = "../tests/support/mod.rs"]
 mod support;
 #[path = "../tests/support_helm/mod.rs"]
@@ -33,6 +36,8 @@ async fn main() {
     let apps = env("BENCH_APPS", 100);
     let per_app = env("BENCH_VOLUMES_PER_APP", 3);
     let host_count = env("BENCH_HOSTS", 5);
+    let resync = env("BENCH_RESYNC_SECS", 20);
+    let steady = env("BENCH_STEADY_SECS", 45);
     let hosts: Vec<String> = (1..=host_count).map(|i| format!("node-{i}")).collect();
     let host_refs: Vec<&str> = hosts.iter().map(String::as_str).collect();
 
@@ -58,7 +63,8 @@ async fn main() {
     stack.sim.clear_requests();
 
     // Resync long enough not to interfere with the first pass; measured separately below.
-    let ctl = stack.controller(&ns, &["--resync", "20s"]).await;
+    let resync_flag = format!("{resync}s");
+    let ctl = stack.controller(&ns, &["--resync", &resync_flag]).await;
     let api: Api<StatefulLocalVolume> = Api::namespaced(client.clone(), &ns);
     let started = Instant::now();
     for a in 0..apps {
@@ -105,7 +111,7 @@ async fn main() {
 
     // Steady state: two resync periods with nothing to do.
     stack.sim.clear_requests();
-    tokio::time::sleep(Duration::from_secs(45)).await;
+    tokio::time::sleep(Duration::from_secs(steady as u64)).await;
     let steady_requests = stack.sim.requests().len();
     let steady_writes = stack.sim.write_requests().len();
     let metrics = reqwest::get(format!("{}/metrics", ctl.metrics))
@@ -121,7 +127,16 @@ async fn main() {
         .unwrap_or("?")
         .to_owned();
 
+    let mib = |field| {
+        ctl.memory_kib(field)
+            .map_or("?".into(), |k| format!("{:.0} MiB", k as f64 / 1024.0))
+    };
     println!("apps {apps}, volumes per app {per_app}, hosts {host_count}, volumes {total}");
+    println!(
+        "controller memory: {} resident, {} at peak",
+        mib("VmRSS"),
+        mib("VmHWM")
+    );
     println!(
         "created {total} volumes in the apiserver in {:.1} s",
         created.as_secs_f64()
@@ -133,6 +148,6 @@ async fn main() {
     );
     println!("Marathon writes while binding: {writes} ({apps} apps); Marathon requests: {requests}");
     println!(
-        "steady state, 45 s with --resync 20s: {steady_writes} writes, {steady_requests} Marathon requests; reconciles so far: {reconciles}"
+        "steady state, {steady} s with --resync {resync}s: {steady_writes} writes, {steady_requests} Marathon requests; reconciles so far: {reconciles}"
     );
 }

@@ -85,14 +85,12 @@ pub fn admit(ctx: &Context, obj: &StatefulLocalVolume) -> Result<VolumeRequest, 
     }
     let order = |v: &StatefulLocalVolume| (v.creation_timestamp(), v.namespace(), v.name_any());
     let mine = order(obj);
-    // Paths can only nest when their first components are equal: a cheap test that spares
-    // ordering, tenant look-ups and parsing for nearly every other volume of a large tenant.
-    let first = req.host_path.components().first().map(String::as_str);
+    // Paths can only nest when their first components are equal: the cache's index hands over
+    // just those volumes.
     let earlier: Vec<Claim> = ctx
-        .store
-        .state()
+        .volumes
+        .sharing_first_component(&req.host_path.as_string())
         .iter()
-        .filter(|v| v.spec.host_path.split('/').find(|c| !c.is_empty()) == first)
         .filter(|v| v.uid() != obj.uid() && v.metadata.deletion_timestamp.is_none() && order(v) < mine)
         .filter(|v| {
             v.namespace()

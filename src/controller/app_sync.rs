@@ -107,12 +107,7 @@ pub fn members(
     fresh_obj: Option<&Arc<StatefulLocalVolume>>,
     leaving: Option<&str>,
 ) -> AppVolumes {
-    let mut objs: Vec<Arc<StatefulLocalVolume>> = ctx
-        .store
-        .state()
-        .into_iter()
-        .filter(|v| v.spec.app == app.as_str())
-        .collect();
+    let mut objs = ctx.volumes.of_app(app.as_str());
     if let Some(obj) = fresh_obj {
         objs.retain(|v| v.uid() != obj.uid());
         objs.push(obj.clone());

@@ -7,14 +7,10 @@ use std::{
     time::Duration,
 };
 
-use kube::runtime::{events::Recorder, reflector::Store};
+use kube::runtime::events::Recorder;
 
-use super::{agents::Agents, metrics::Metrics};
-use crate::{
-    crd::{StatefulLocalVolume, validate::TenantPolicy},
-    marathon::MarathonClient,
-    tenant::NamespaceMapping,
-};
+use super::{agents::Agents, cache::VolumeCache, metrics::Metrics};
+use crate::{crd::validate::TenantPolicy, marathon::MarathonClient, tenant::NamespaceMapping};
 
 pub struct Context {
     pub kube: kube::Client,
@@ -24,8 +20,8 @@ pub struct Context {
     pub tenants: NamespaceMapping,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
-    /// Every volume the controller watches (the reflector behind the controller).
-    pub store: Store<StatefulLocalVolume>,
+    /// Every volume the controller watches, indexed by app and by path.
+    pub volumes: Arc<VolumeCache>,
     pub resync: Duration,
     /// The status berth last wrote for each volume.
     pub written: super::status::Written,
@@ -47,7 +43,7 @@ impl Context {
         tenants: NamespaceMapping,
         recorder: Recorder,
         metrics: Arc<Metrics>,
-        store: Store<StatefulLocalVolume>,
+        volumes: Arc<VolumeCache>,
         resync: Duration,
     ) -> Self {
         Self {
@@ -58,7 +54,7 @@ impl Context {
             tenants,
             recorder,
             metrics,
-            store,
+            volumes,
             resync,
             written: Default::default(),
             app_locks: Mutex::new(HashMap::new()),

@@ -4,12 +4,14 @@
 //! - [`app_sync`]: the pass over one Marathon app and its host.
 //! - [`app_patch`], [`placement`], [`conditions`], [`diagnosis`]: the pure decisions.
 //! - [`agents`], [`triggers`]: the edges (agent clients, Marathon's event stream).
+//! - [`cache`]: every volume, indexed by app and by path, from the watch stream.
 //! - [`metrics`], [`server`], [`leader`]: operations.
 
 pub mod admission;
 pub mod agents;
 pub mod app_patch;
 pub mod app_sync;
+pub mod cache;
 pub mod conditions;
 pub mod config;
 pub mod context;
@@ -30,15 +32,15 @@ use std::{
     time::Duration,
 };
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use kube::{
     Api,
     api::ListParams,
     runtime::{
-        Controller,
+        Controller, WatchStreamExt,
         controller::Config as ControllerConfig,
         events::{Recorder, Reporter},
-        watcher,
+        reflector, watcher,
     },
 };
 use thiserror::Error;
@@ -206,8 +208,16 @@ pub async fn run(args: ControllerArgs) -> Result<(), StartError> {
     }
     health.leading.store(true, Ordering::Relaxed);
 
-    let controller = Controller::new(volumes, watcher::Config::default().any_semantic());
-    let store = controller.store();
+    // The reflector feeds both the controller's store and the cache's indexes, in that order.
+    let (store, writer) = reflector::store();
+    let cache = Arc::new(cache::VolumeCache::new(store.clone()));
+    let observed = cache.clone();
+    let stream = watcher(volumes, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(writer)
+        .inspect_ok(move |event| observed.observe(event))
+        .applied_objects();
+    let controller = Controller::for_stream(stream, store);
     let recorder = Recorder::new(
         kube.clone(),
         Reporter {
@@ -223,10 +233,10 @@ pub async fn run(args: ControllerArgs) -> Result<(), StartError> {
         tenants,
         recorder,
         metrics.clone(),
-        store.clone(),
+        cache.clone(),
         args.resync,
     ));
-    tokio::spawn(phase_gauges(store.clone(), metrics.clone()));
+    tokio::spawn(phase_gauges(cache.clone(), metrics.clone()));
     health.ready.store(true, Ordering::Relaxed);
     info!(marathon = ?args.marathon_urls, namespace = ?args.namespace, "controller started");
 
@@ -243,7 +253,7 @@ pub async fn run(args: ControllerArgs) -> Result<(), StartError> {
             _ = leadership => warn!("lost the leader lease; stopping"),
         }
     };
-    controller_run(controller, ctx, marathon, store, args.debounce, shutdown).await;
+    controller_run(controller, ctx, marathon, cache, args.debounce, shutdown).await;
     let _ = stop_tx.send(true);
     let _ = server.await;
     info!("controller stopped");
@@ -254,7 +264,7 @@ async fn controller_run(
     controller: Controller<StatefulLocalVolume>,
     ctx: Arc<context::Context>,
     marathon: MarathonClient,
-    store: kube::runtime::reflector::Store<StatefulLocalVolume>,
+    volumes: Arc<cache::VolumeCache>,
     debounce: Duration,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
@@ -262,7 +272,7 @@ async fn controller_run(
         .with_config(ControllerConfig::default().debounce(debounce))
         .reconcile_on(triggers::marathon_events(
             marathon,
-            store,
+            volumes,
             (debounce * 2).max(Duration::from_secs(1)),
         ))
         .graceful_shutdown_on(shutdown)
@@ -277,13 +287,10 @@ async fn controller_run(
 }
 
 /// Counts volumes by phase for the `berth_volumes` gauge.
-async fn phase_gauges(
-    store: kube::runtime::reflector::Store<StatefulLocalVolume>,
-    metrics: Arc<metrics::Metrics>,
-) {
+async fn phase_gauges(volumes: Arc<cache::VolumeCache>, metrics: Arc<metrics::Metrics>) {
     use crate::crd::Phase::*;
     loop {
-        let state = store.state();
+        let state = volumes.all();
         for phase in [Pending, Provisioning, Bound, Migrating, Released, Failed] {
             let n = state
                 .iter()

@@ -6,13 +6,14 @@
 //! would keep pushing back the controller's debounce and starve the very reconcile that reports
 //! the failure.
 
-use std::{collections::BTreeSet, time::Duration};
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
 use futures::{Stream, StreamExt};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::ObjectRef;
 use tokio::sync::mpsc;
 use tracing::warn;
 
+use super::cache::VolumeCache;
 use crate::{
     crd::StatefulLocalVolume,
     marathon::{MarathonClient, MarathonEvent},
@@ -49,12 +50,12 @@ fn wanted(event: &MarathonEvent) -> Wanted {
 /// per `window`.
 pub fn marathon_events(
     marathon: MarathonClient,
-    store: Store<StatefulLocalVolume>,
+    volumes: Arc<VolumeCache>,
     window: Duration,
 ) -> impl Stream<Item = ObjectRef<StatefulLocalVolume>> + Send + 'static {
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(read_events(marathon, tx));
-    futures::stream::unfold((rx, store), move |(mut rx, store)| async move {
+    futures::stream::unfold((rx, volumes), move |(mut rx, volumes)| async move {
         let first = rx.recv().await?;
         let mut apps = BTreeSet::new();
         let mut everything = false;
@@ -73,13 +74,14 @@ pub fn marathon_events(
                 },
             }
         }
-        let refs: Vec<ObjectRef<StatefulLocalVolume>> = store
-            .state()
-            .iter()
-            .filter(|v| everything || apps.contains(&v.spec.app))
-            .map(|v| ObjectRef::from_obj(v.as_ref()))
-            .collect();
-        Some((futures::stream::iter(refs), (rx, store)))
+        let objs = if everything {
+            volumes.all()
+        } else {
+            apps.iter().flat_map(|app| volumes.of_app(app)).collect()
+        };
+        let refs: Vec<ObjectRef<StatefulLocalVolume>> =
+            objs.iter().map(|v| ObjectRef::from_obj(v.as_ref())).collect();
+        Some((futures::stream::iter(refs), (rx, volumes)))
     })
     .flatten()
 }
