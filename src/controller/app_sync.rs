@@ -134,7 +134,7 @@ pub fn members(
     volumes
 }
 
-/// One pass over the app. `members` are its volumes; a volume being deleted is simply absent.
+/// One pass over the app, given its volumes (those being deleted are simply absent).
 pub async fn sync_app(ctx: &Context, app_id: &MarathonAppId, volumes: AppVolumes) -> Result<Sync, Error> {
     let AppVolumes { members, held } = volumes;
     let app = match ctx.marathon.get_app(app_id.as_str()).await {
@@ -294,8 +294,8 @@ pub async fn sync_app(ctx: &Context, app_id: &MarathonAppId, volumes: AppVolumes
     }
 
     // Held volumes stay mounted as the app has them, unless a valid volume now claims the place.
+    let managed = app_patch::managed_paths(&app);
     for h in &held {
-        let managed = app_patch::managed_paths(&app);
         let kept = app.host_volumes().find(|v| {
             v.host_path == h.host_path
                 && managed.contains(&v.container_path)
