@@ -182,7 +182,8 @@ async fn kubectl_shows_printer_columns_and_field_docs() {
     .await
     .unwrap();
     let status = json!({"apiVersion": "berth.dev/v1alpha1", "kind": "StatefulLocalVolume",
-        "status": {"phase": "Bound", "host": "node-3", "conditions": [ready("True", "Bound")]}});
+        "status": {"phase": "Bound", "host": "node-3", "hostPath": "/containerdata/user-toto/data",
+                   "conditions": [ready("True", "Bound")]}});
     api.patch_status(
         "data",
         &PatchParams::apply("berth-test").force(),
@@ -200,6 +201,23 @@ async fn kubectl_shows_printer_columns_and_field_docs() {
     assert_eq!(header, ["NAME", "APP", "HOST", "PHASE", "READY", "AGE"]);
     let row: Vec<_> = lines.next().unwrap().split_whitespace().collect();
     assert_eq!(&row[..5], ["data", app.as_str(), "node-3", "Bound", "True"]);
+
+    // `-o wide` adds why and where.
+    let out = kubectl()
+        .args(["get", "slv", "-n", &ns, "-o", "wide"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<_> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "NAME", "APP", "HOST", "PHASE", "READY", "AGE", "REASON", "HOSTPATH"
+        ]
+    );
+    let row: Vec<_> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(&row[6..], ["Bound", "/containerdata/user-toto/data"]);
 
     // The short name and the category work too.
     let out = kubectl()

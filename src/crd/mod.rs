@@ -41,6 +41,8 @@ const PATH_PATTERN: &str = r"^(/+([ -+\-0-9;-\[\]-~][ -+\--.0-9;-\[\]-~]*|\.[ -+
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", description = "Why the volume is (not) ready", priority = "1"),
+    printcolumn(name = "HostPath", type_ = "string", json_path = ".status.hostPath", description = "Absolute path of the data on the host", priority = "1"),
     validation = Rule::new("!has(self.spec.seed) || (has(self.spec.type) && self.spec.type == 'File')")
         .message("spec.seed is only allowed with spec.type: File")
         .field_path(".spec.seed"),

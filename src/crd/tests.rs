@@ -192,9 +192,21 @@ fn crd_names_scope_and_subresources() {
         .as_ref()
         .unwrap()
         .iter()
-        .map(|c| c.name.as_str())
+        .map(|c| (c.name.as_str(), c.priority.unwrap_or(0)))
         .collect();
-    assert_eq!(columns, ["App", "Host", "Phase", "Ready", "Age"]);
+    // The default view, then what `-o wide` adds.
+    assert_eq!(
+        columns,
+        [
+            ("App", 0),
+            ("Host", 0),
+            ("Phase", 0),
+            ("Ready", 0),
+            ("Age", 0),
+            ("Reason", 1),
+            ("HostPath", 1)
+        ]
+    );
 }
 
 #[test]
