@@ -768,7 +768,7 @@ async fn a_volume_inside_another_read_write_volume_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mounted_volume_whose_spec_turns_invalid_keeps_its_mount_and_pin() {
-    let (s, id, _ctl) = Scenario::with_running_app(&["node-1", "node-2"], "web").await;
+    let (s, id, ctl) = Scenario::with_running_app(&["node-1", "node-2"], "web").await;
     for (name, path) in [("data", "/data"), ("logs", "/logs")] {
         s.apply(name, json!({"app": id, "containerPath": path, "hostPath": path}))
             .await;
@@ -800,6 +800,17 @@ async fn a_mounted_volume_whose_spec_turns_invalid_keeps_its_mount_and_pin() {
         ready.message
     );
     assert!(ready.message.contains("keeps"), "{}", ready.message);
+    // Its phase stays Bound (the data is still mounted), but the alerting metric counts it.
+    eventually(30, "the stalled gauge to count the held volume", || async {
+        let text = reqwest::get(format!("{}/metrics", ctl.metrics))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines().any(|l| l == "berth_volumes_stalled 1").then_some(())
+    })
+    .await;
 
     // Another volume of the app changes: the app is written once, and the held volume stays
     // mounted exactly as before, at its old path, with the pin.

@@ -139,9 +139,71 @@ pub fn status(
     }
 }
 
+/// How many volumes are in each phase, and how many need a person (`Stalled=True`), for the
+/// metrics. A held volume keeps its phase (its data is still mounted) but is stalled, so an
+/// alert on the phase alone would miss it.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct VolumeCounts {
+    /// Every phase, zero included, so a gauge goes back to 0.
+    pub by_phase: Vec<(Phase, usize)>,
+    pub stalled: usize,
+}
+
+impl VolumeCounts {
+    pub fn of<'a>(statuses: impl Iterator<Item = Option<&'a StatefulLocalVolumeStatus>>) -> Self {
+        use Phase::*;
+        let mut by_phase: Vec<(Phase, usize)> = [Pending, Provisioning, Bound, Migrating, Released, Failed]
+            .into_iter()
+            .map(|p| (p, 0))
+            .collect();
+        let mut stalled = 0;
+        for s in statuses.flatten() {
+            if let Some(entry) = by_phase.iter_mut().find(|(p, _)| Some(*p) == s.phase) {
+                entry.1 += 1;
+            }
+            if s.conditions
+                .iter()
+                .any(|c| c.type_ == "Stalled" && c.status == "True")
+            {
+                stalled += 1;
+            }
+        }
+        Self { by_phase, stalled }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_phases_and_stalled_volumes() {
+        let held = Outcome::new(
+            Phase::Bound,
+            Reason::InvalidSpec,
+            "spec.hostPath cannot change ...",
+        );
+        let statuses = [
+            status(&bound(), Some(1), None, None, None, at(1)),
+            status(&held, Some(2), None, None, None, at(1)),
+            status(
+                &Outcome::new(Phase::Provisioning, Reason::HostUnavailable, "agent down"),
+                Some(1),
+                None,
+                None,
+                None,
+                at(1),
+            ),
+        ];
+        let counts = VolumeCounts::of(statuses.iter().map(Some).chain([None]));
+        let n = |p: Phase| counts.by_phase.iter().find(|(q, _)| *q == p).unwrap().1;
+        assert_eq!(
+            (n(Phase::Bound), n(Phase::Provisioning), n(Phase::Failed)),
+            (2, 1, 0)
+        );
+        assert_eq!(counts.by_phase.len(), 6);
+        assert_eq!(counts.stalled, 1, "the held volume is Bound but needs a person");
+    }
 
     fn at(s: i64) -> Timestamp {
         Timestamp::from_second(s).unwrap()

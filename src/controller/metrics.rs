@@ -35,6 +35,7 @@ pub struct Metrics {
     pub marathon_writes: Counter,
     pub agent_requests: Family<MarathonLabels, Counter>,
     pub volumes: Family<PhaseLabels, Gauge>,
+    pub stalled: Gauge,
 }
 
 impl Default for Metrics {
@@ -47,6 +48,7 @@ impl Default for Metrics {
         let marathon_writes = Counter::default();
         let agent_requests = Family::<MarathonLabels, Counter>::default();
         let volumes = Family::<PhaseLabels, Gauge>::default();
+        let stalled = Gauge::default();
         registry.register(
             "reconciles",
             "Reconciles of StatefulLocalVolumes",
@@ -82,6 +84,11 @@ impl Default for Metrics {
             "StatefulLocalVolumes by phase, as of their last reconcile",
             volumes.clone(),
         );
+        registry.register(
+            "volumes_stalled",
+            "StatefulLocalVolumes that need a person (kstatus Stalled=True): invalid spec, conflicting placement, a refusal, a mount or permission error",
+            stalled.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -91,6 +98,7 @@ impl Default for Metrics {
             marathon_writes,
             agent_requests,
             volumes,
+            stalled,
         }
     }
 }

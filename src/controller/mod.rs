@@ -286,16 +286,11 @@ async fn controller_run(
         .await;
 }
 
-/// Counts volumes by phase for the `berth_volumes` gauge.
+/// Counts volumes by phase and the stalled ones, for the `berth_volumes` gauges.
 async fn phase_gauges(volumes: Arc<cache::VolumeCache>, metrics: Arc<metrics::Metrics>) {
-    use crate::crd::Phase::*;
     loop {
-        let state = volumes.all();
-        for phase in [Pending, Provisioning, Bound, Migrating, Released, Failed] {
-            let n = state
-                .iter()
-                .filter(|v| v.status.as_ref().and_then(|s| s.phase) == Some(phase))
-                .count();
+        let counts = conditions::VolumeCounts::of(volumes.all().iter().map(|v| v.status.as_ref()));
+        for (phase, n) in counts.by_phase {
             metrics
                 .volumes
                 .get_or_create(&metrics::PhaseLabels {
@@ -303,6 +298,9 @@ async fn phase_gauges(volumes: Arc<cache::VolumeCache>, metrics: Arc<metrics::Me
                 })
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
+        metrics
+            .stalled
+            .set(i64::try_from(counts.stalled).unwrap_or(i64::MAX));
         tokio::time::sleep(Duration::from_secs(10)).await;
     }
 }
