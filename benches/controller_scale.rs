@@ -20,7 +20,7 @@ mod support_helm;
 use std::time::{Duration, Instant};
 
 use berth::crd::StatefulLocalVolume;
-use kube::{Api, api::PostParams};
+use kube::Api;
 use serde_json::json;
 use support::{admin_client, install_crd, namespace, stack::Stack};
 
@@ -69,16 +69,9 @@ async fn main() {
     let started = Instant::now();
     for a in 0..apps {
         for v in 0..per_app {
-            let slv: StatefulLocalVolume = serde_json::from_value(json!({
-                "apiVersion": "berth.dev/v1alpha1", "kind": "StatefulLocalVolume",
-                "metadata": {"name": format!("app-{a}-v{v}")},
-                "spec": {"app": format!("/{ns}/app-{a}"), "containerPath": format!("/data{v}"),
-                         "hostPath": format!("/app-{a}/data{v}"), "owner": {"uid": 1000, "gid": 1000}},
-            }))
-            .expect("a volume");
-            api.create(&PostParams::default(), &slv)
-                .await
-                .expect("create a volume");
+            let spec = json!({"app": format!("/{ns}/app-{a}"), "containerPath": format!("/data{v}"),
+                              "hostPath": format!("/app-{a}/data{v}"), "owner": {"uid": 1000, "gid": 1000}});
+            support::create_volume(&api, &format!("app-{a}-v{v}"), spec).await;
         }
     }
     let created = started.elapsed();

@@ -7,7 +7,7 @@ mod support_helm;
 use std::time::Duration;
 
 use berth::crd::StatefulLocalVolume;
-use kube::{Api, api::PostParams};
+use kube::Api;
 use serde_json::json;
 use support::{
     admin_client, install_crd, namespace,
@@ -22,12 +22,12 @@ async fn readyz(ctl: &ControllerProcess) -> String {
 }
 
 async fn volume(api: &Api<StatefulLocalVolume>, name: &str, app: &str, path: &str) {
-    let v: StatefulLocalVolume = serde_json::from_value(json!({
-        "apiVersion": "berth.dev/v1alpha1", "kind": "StatefulLocalVolume",
-        "metadata": {"name": name}, "spec": {"app": app, "containerPath": path, "hostPath": path},
-    }))
-    .unwrap();
-    api.create(&PostParams::default(), &v).await.unwrap();
+    support::create_volume(
+        api,
+        name,
+        json!({"app": app, "containerPath": path, "hostPath": path}),
+    )
+    .await;
 }
 
 async fn wait_ready(api: &Api<StatefulLocalVolume>, name: &str) {

@@ -8,10 +8,7 @@ mod support_helm;
 use std::{os::unix::fs::MetadataExt, time::Duration};
 
 use berth::crd::StatefulLocalVolume;
-use kube::{
-    Api, ResourceExt,
-    api::{DeleteParams, PostParams},
-};
+use kube::{Api, ResourceExt, api::DeleteParams};
 use serde_json::{Value, json};
 use support::{
     admin_client, install_crd, namespace,
@@ -83,12 +80,7 @@ impl Scenario {
     }
 
     async fn apply(&self, name: &str, spec: Value) {
-        let v: StatefulLocalVolume = serde_json::from_value(json!({
-            "apiVersion": "berth.dev/v1alpha1", "kind": "StatefulLocalVolume",
-            "metadata": {"name": name}, "spec": spec,
-        }))
-        .unwrap();
-        self.api.create(&PostParams::default(), &v).await.unwrap();
+        support::create_volume(&self.api, name, spec).await;
     }
 
     async fn condition(&self, name: &str, type_: &str) -> Option<(String, String, String)> {
@@ -135,6 +127,13 @@ fn docker_app(id: &str) -> Value {
         "env": {"KEEP": "me"}, "labels": {"team": "toto"},
         "healthChecks": [{"protocol": "COMMAND", "command": {"value": "true"}}]
     })
+}
+
+/// [`docker_app`] with no instance: it runs nowhere yet, so berth must choose its host.
+fn idle_docker_app(id: &str) -> Value {
+    let mut app = docker_app(id);
+    app["instances"] = json!(0);
+    app
 }
 
 /// The volume's Ready condition.
@@ -473,9 +472,7 @@ async fn a_lost_agent_is_reported_and_nothing_is_deleted() {
 async fn a_controller_killed_mid_reconcile_converges_without_duplicates() {
     let s = Scenario::start(&["node-1", "node-2", "node-3"]).await;
     let id = s.app_id("web");
-    let mut app = docker_app(&id);
-    app["instances"] = json!(0); // not running anywhere: berth must choose a host
-    s.create_app(app).await;
+    s.create_app(idle_docker_app(&id)).await;
     s.apply(
         "data",
         json!({"app": id, "containerPath": "/data", "hostPath": "/data"}),
@@ -854,8 +851,7 @@ async fn placement_honours_the_apps_attribute_constraints() {
     let _ctl = s.controller().await;
     // Apps with no task yet, so berth chooses among the agents.
     let app_in = |name: &str, rack: &str| {
-        let mut app = docker_app(&s.app_id(name));
-        app["instances"] = json!(0);
+        let mut app = idle_docker_app(&s.app_id(name));
         app["constraints"] = json!([["rack", "CLUSTER", rack]]);
         app
     };
@@ -950,9 +946,7 @@ async fn agents_are_found_through_the_agent_apps_tasks() {
 
     // An app with no task yet: placement asks the discovered agents only, never 127.0.0.4.
     let idle = s.app_id("idle");
-    let mut app = docker_app(&idle);
-    app["instances"] = json!(0);
-    s.create_app(app).await;
+    s.create_app(idle_docker_app(&idle)).await;
     s.apply(
         "idle",
         json!({"app": idle, "containerPath": "/data", "hostPath": "/idle"}),
@@ -965,9 +959,7 @@ async fn agents_are_found_through_the_agent_apps_tasks() {
     // A volume asking for the host without an agent task: berth says where agents come from and
     // creates nothing, even though an agent process happens to listen there.
     let pinned = s.app_id("pinned");
-    let mut app = docker_app(&pinned);
-    app["instances"] = json!(0);
-    s.create_app(app).await;
+    s.create_app(idle_docker_app(&pinned)).await;
     s.apply(
         "pinned",
         json!({"app": pinned, "containerPath": "/data", "hostPath": "/pinned", "placement": {"host": "127.0.0.4"}}),

@@ -20,7 +20,7 @@ use std::{
 };
 
 use berth::crd::StatefulLocalVolume;
-use kube::{Api, api::PostParams};
+use kube::Api;
 use marathon_sim::DockerMode;
 use serde_json::{Value, json};
 use support::{
@@ -357,12 +357,7 @@ impl Scenario {
     }
 
     async fn apply(&self, name: &str, spec: Value) {
-        let v: StatefulLocalVolume = serde_json::from_value(json!({
-            "apiVersion": "berth.dev/v1alpha1", "kind": "StatefulLocalVolume",
-            "metadata": {"name": name}, "spec": spec,
-        }))
-        .unwrap();
-        self.api.create(&PostParams::default(), &v).await.unwrap();
+        support::create_volume(&self.api, name, spec).await;
     }
 
     /// Waits for `Ready` with this reason; returns (status, message).

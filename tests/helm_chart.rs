@@ -592,13 +592,10 @@ async fn uninstall_keeps_the_crd_and_the_volumes() {
     // A volume declared while the release is installed.
     let crds = Api::<CustomResourceDefinition>::all(client.clone());
     let slvs = Api::<StatefulLocalVolume>::namespaced(client.clone(), &ns);
-    let volume: StatefulLocalVolume = serde_json::from_value(json!({
-        "apiVersion": "berth.dev/v1alpha1",
-        "kind": "StatefulLocalVolume",
-        "metadata": {"name": "data", "namespace": ns},
-        "spec": {"app": format!("/{ns}/web"), "containerPath": "/data", "hostPath": "/data"},
-    }))
-    .unwrap();
+    let volume = support::volume(
+        "data",
+        json!({"app": format!("/{ns}/web"), "containerPath": "/data", "hostPath": "/data"}),
+    );
     let mut created = None;
     for _ in 0..50 {
         // The CRD may have just been (re)established by the install.

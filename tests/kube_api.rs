@@ -12,14 +12,6 @@ use kube::{
 use serde_json::json;
 use support::*;
 
-fn volume(name: &str, spec: serde_json::Value) -> StatefulLocalVolume {
-    serde_json::from_value(json!({
-        "apiVersion": "berth.dev/v1alpha1", "kind": "StatefulLocalVolume",
-        "metadata": {"name": name}, "spec": spec,
-    }))
-    .unwrap()
-}
-
 #[tokio::test]
 async fn the_test_server_is_kube_apiserver_1_20_2() {
     let client = admin_client().await;

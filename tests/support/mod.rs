@@ -76,6 +76,23 @@ pub async fn admin_client() -> Client {
     Client::try_from(config).expect("build a kube client")
 }
 
+/// A `StatefulLocalVolume` named `name` with this spec; its namespace is the one of the `Api` it
+/// is created through.
+pub fn volume(name: &str, spec: serde_json::Value) -> StatefulLocalVolume {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "berth.dev/v1alpha1", "kind": "StatefulLocalVolume",
+        "metadata": {"name": name}, "spec": spec,
+    }))
+    .expect("a StatefulLocalVolume")
+}
+
+/// Creates [`volume`]`(name, spec)` through `api`.
+pub async fn create_volume(api: &Api<StatefulLocalVolume>, name: &str, spec: serde_json::Value) {
+    api.create(&PostParams::default(), &volume(name, spec))
+        .await
+        .unwrap_or_else(|e| panic!("create volume {name}: {e}"));
+}
+
 /// Installs berth's CRD from `crds/` (create, or replace when present: 1.20's server-side apply
 /// rejects the CEL fields) and waits until the apiserver serves it.
 pub async fn install_crd(client: &Client) {
