@@ -7,7 +7,7 @@
 
 use kube::ResourceExt;
 
-use super::{context::Context, status};
+use super::context::Context;
 use crate::{
     crd::{StatefulLocalVolume, validate::VolumeRequest, validate::validate},
     tenant::VolumePath,
@@ -65,21 +65,15 @@ pub fn host_path_moved(bound: &str, req: &VolumePath, tenant_dir: &str) -> Optio
 
 /// Validates `obj` for its namespace's tenant and checks it against the tenant's volumes that
 /// were created before it (the older volume keeps working, the newer one is refused), and
-/// against where its data already is.
+/// against where its data already is. `obj` carries the status berth knows
+/// ([`status::fresh`](super::status::fresh)).
 pub fn admit(ctx: &Context, obj: &StatefulLocalVolume) -> Result<VolumeRequest, String> {
     let ns = obj.namespace().unwrap_or_default();
     let tenant = ctx.tenants.tenant(&ns)?;
     let req = validate(&obj.spec, &tenant, &ctx.policy).map_err(|e| e.to_string())?;
-    if let Some(bound) = status::current(ctx, obj).and_then(|s| s.host_path) {
-        let depth = req.host_path.components().len();
-        let tenant_dir = req
-            .host_path_abs
-            .ancestors()
-            .nth(depth)
-            .and_then(|root| root.file_name())
-            .map(|d| d.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        if let Some(msg) = host_path_moved(&bound, &req.host_path, &tenant_dir) {
+    if let Some(bound) = obj.status.as_ref().and_then(|s| s.host_path.as_deref()) {
+        let tenant_root = ctx.policy.roots.root(&tenant);
+        if let Some(msg) = host_path_moved(bound, &req.host_path, tenant_root.dir_name()) {
             return Err(msg);
         }
     }

@@ -88,18 +88,6 @@ pub struct AppVolumes {
     pub held: Vec<Held>,
 }
 
-/// The volume as berth knows it: the status it last wrote is newer than the watched object's.
-pub fn fresh(ctx: &Context, obj: &Arc<StatefulLocalVolume>) -> Arc<StatefulLocalVolume> {
-    let known = status::current(ctx, obj);
-    if known != obj.status {
-        let mut fresher = (**obj).clone();
-        fresher.status = known;
-        Arc::new(fresher)
-    } else {
-        obj.clone()
-    }
-}
-
 /// Volumes of `app` that are not being deleted, validated; `leaving` is left out.
 pub fn members(
     ctx: &Context,
@@ -116,7 +104,7 @@ pub fn members(
     objs.sort_by_key(|v| (v.namespace(), v.name_any()));
     let mut volumes = AppVolumes::default();
     for obj in objs {
-        let obj = fresh(ctx, &obj);
+        let obj = status::fresh(ctx, &obj);
         match admission::admit(ctx, &obj) {
             Ok(req) => volumes.members.push(Member { obj, req }),
             Err(_) => {

@@ -59,7 +59,7 @@ pub fn error_policy(obj: Arc<StatefulLocalVolume>, err: &Error, ctx: Arc<Context
 }
 
 async fn apply(obj: Arc<StatefulLocalVolume>, ctx: &Context) -> Result<Action, Error> {
-    let obj = app_sync::fresh(ctx, &obj);
+    let obj = status::fresh(ctx, &obj);
     let req = match admission::admit(ctx, &obj) {
         Ok(v) => v,
         Err(msg) => {

@@ -5,7 +5,10 @@
 //! wrote for each volume is remembered here too. Comparing with it keeps a steady state silent:
 //! no status write and no repeated event.
 
-use std::{collections::HashMap, sync::Mutex};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
 use k8s_openapi::jiff::Timestamp;
 use kube::{
@@ -54,6 +57,18 @@ impl Written {
 /// The volume's status as berth knows it: what it last wrote, else what the object shows.
 pub fn current(ctx: &Context, obj: &StatefulLocalVolume) -> Option<StatefulLocalVolumeStatus> {
     ctx.written.get(obj).or_else(|| obj.status.clone())
+}
+
+/// The volume as berth knows it: the status it last wrote is newer than the watched object's.
+pub fn fresh(ctx: &Context, obj: &Arc<StatefulLocalVolume>) -> Arc<StatefulLocalVolume> {
+    let known = current(ctx, obj);
+    if known != obj.status {
+        let mut fresher = (**obj).clone();
+        fresher.status = known;
+        Arc::new(fresher)
+    } else {
+        obj.clone()
+    }
 }
 
 /// Server-side applies the status for `outcome` unless it is what the volume already shows.
