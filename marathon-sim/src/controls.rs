@@ -24,6 +24,7 @@ pub fn routes(shared: Arc<Shared>) -> Router {
         .route("/_sim/faults", post(faults))
         .route("/_sim/requests", get(requests).delete(clear_requests))
         .route("/_sim/events/drop", post(drop_streams))
+        .route("/_sim/events/outage", post(stream_outage))
         .route("/_sim/deployments", get(deployment_records))
         .with_state(shared)
 }
@@ -148,6 +149,20 @@ async fn clear_requests(State(shared): State<Arc<Shared>>) -> Response {
 
 async fn drop_streams(State(shared): State<Arc<Shared>>) -> Response {
     lock(&shared).stream_generation.send_modify(|g| *g += 1);
+    StatusCode::NO_CONTENT.into_response()
+}
+
+#[derive(Deserialize)]
+struct Outage {
+    seconds: f64,
+}
+
+/// Ends open event streams and refuses new ones for a while (see `SimHandle::event_stream_outage`).
+async fn stream_outage(State(shared): State<Arc<Shared>>, axum::Json(o): axum::Json<Outage>) -> Response {
+    let mut state = lock(&shared);
+    state.events_refused_until =
+        Some(std::time::Instant::now() + Duration::from_secs_f64(o.seconds.max(0.0)));
+    state.stream_generation.send_modify(|g| *g += 1);
     StatusCode::NO_CONTENT.into_response()
 }
 

@@ -38,6 +38,16 @@ pub async fn stream(
         return ApiError::message(StatusCode::METHOD_NOT_ALLOWED, "HTTP 405 Method Not Allowed")
             .into_response();
     }
+    {
+        let state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state
+            .events_refused_until
+            .is_some_and(|until| std::time::Instant::now() < until)
+        {
+            return ApiError::message(StatusCode::SERVICE_UNAVAILABLE, "the event stream is unavailable")
+                .into_response();
+        }
+    }
     if let Some(leader) = &shared.config.events_leader {
         let query = params
             .iter()
@@ -64,11 +74,14 @@ pub async fn stream(
         };
         let mut generation = state.stream_generation.subscribe();
         generation.mark_unchanged();
+        // Marathon's filter applies to every event, `event_stream_attached` included
+        // (`HttpEventSSEHandle`; its test "events should be filtered").
+        let wanted = filters.is_empty() || filters.contains(&attached.event_type);
         Subscription {
             events: state.events.subscribe(),
             generation,
             filters,
-            attached: Some(attached),
+            attached: wanted.then_some(attached),
         }
     };
     Sse::new(event_stream(subscription))

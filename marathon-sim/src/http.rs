@@ -1,6 +1,7 @@
 //! Marathon's REST routes (`/v2/...`, `/ping`), plus the request log, fault injection and
 //! authentication that wrap them. Test controls live in `controls.rs`.
 
+use base64::Engine as _;
 use std::sync::Arc;
 
 use axum::Router;
@@ -15,7 +16,7 @@ use serde_json::{Map, Value, json};
 use crate::Shared;
 use crate::apps::{self, DeploymentReply, UpdateOptions};
 use crate::errors::ApiError;
-use crate::state::{LoggedRequest, SimState};
+use crate::state::{FaultPlan, LoggedRequest, SimState};
 use crate::validate::canonical_app_id;
 
 type Params = Query<Vec<(String, String)>>;
@@ -70,22 +71,46 @@ async fn log_auth_and_faults(State(shared): State<Arc<Shared>>, request: Request
     let Ok(bytes) = to_bytes(body, 16 * 1024 * 1024).await else {
         return ApiError::message(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large").into_response();
     };
+    let logged = LoggedRequest {
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_string(),
+        query: parts.uri.query().unwrap_or_default().to_string(),
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+        status: 0,
+    };
     let fault = {
         let mut state = lock(&shared);
-        state.request_log.push(LoggedRequest {
-            method: parts.method.to_string(),
-            path: parts.uri.path().to_string(),
-            query: parts.uri.query().unwrap_or_default().to_string(),
-            body: String::from_utf8_lossy(&bytes).into_owned(),
-        });
         if state.faults.remaining > 0 {
             state.faults.remaining -= 1;
             Some(state.faults.clone())
+        } else if state.chaos.probability > 0.0 {
+            let latency = state.chaos.max_latency.mul_f64(state.chaos.next_unit());
+            let fails = state.chaos.next_unit() < state.chaos.probability;
+            Some(FaultPlan {
+                remaining: 0,
+                status: fails.then_some(state.chaos.status),
+                latency,
+            })
         } else {
             None
         }
     };
-    if !authorized(&shared, &parts.headers) {
+    let response = answer(&shared, parts, bytes, fault, next).await;
+    lock(&shared).request_log.push(LoggedRequest {
+        status: response.status().as_u16(),
+        ..logged
+    });
+    response
+}
+
+async fn answer(
+    shared: &Shared,
+    parts: axum::http::request::Parts,
+    bytes: axum::body::Bytes,
+    fault: Option<FaultPlan>,
+    next: Next,
+) -> Response {
+    if !authorized(shared, &parts.headers) {
         return (
             StatusCode::UNAUTHORIZED,
             [(header::WWW_AUTHENTICATE, "Basic realm=\"Mesosphere\"")],
@@ -108,7 +133,7 @@ fn authorized(shared: &Shared, headers: &HeaderMap) -> bool {
     let expected_basic = shared.config.basic_auth.as_ref().map(|(user, password)| {
         format!(
             "Basic {}",
-            crate::base64::encode(format!("{user}:{password}").as_bytes())
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}").as_bytes())
         )
     });
     let expected_token = shared

@@ -13,7 +13,6 @@
 //! ```
 
 mod apps;
-mod base64;
 mod controls;
 mod definition;
 mod deploy;
@@ -263,6 +262,17 @@ impl SimHandle {
         self.shared.lock().request_log.clear();
     }
 
+    /// From now on, each Marathon request waits a random time up to `max_latency`, then fails
+    /// with `status` with `probability` (0 turns it off). Deterministic for a given `seed`.
+    pub fn chaos(&self, probability: f64, status: u16, max_latency: Duration, seed: u64) {
+        self.shared.lock().chaos = state::Chaos {
+            probability,
+            status,
+            max_latency,
+            rng: seed,
+        };
+    }
+
     /// Makes the next `count` Marathon requests wait `latency`, then fail with `status` if set.
     pub fn inject_faults(&self, count: usize, status: Option<u16>, latency: Duration) {
         self.shared.lock().faults = state::FaultPlan {
@@ -285,6 +295,14 @@ impl SimHandle {
     /// Ends every open `/v2/events` stream (clients see the connection end).
     pub fn drop_event_streams(&self) {
         self.shared.lock().stream_generation.send_modify(|g| *g += 1);
+    }
+
+    /// Ends every open event stream and refuses new ones (503) for `outage`: events of that
+    /// time are missed by every subscriber, as when a client loses its connection to Marathon.
+    pub fn event_stream_outage(&self, outage: Duration) {
+        let mut state = self.shared.lock();
+        state.events_refused_until = Some(std::time::Instant::now() + outage);
+        state.stream_generation.send_modify(|g| *g += 1);
     }
 
     /// Every deployment so far, with its outcome and whether old and new tasks overlapped.

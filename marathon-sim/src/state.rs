@@ -229,6 +229,8 @@ pub struct LoggedRequest {
     pub path: String,
     pub query: String,
     pub body: String,
+    /// The status the simulator answered (an injected failure included).
+    pub status: u16,
 }
 
 /// Failures to inject into the next requests.
@@ -237,6 +239,29 @@ pub struct FaultPlan {
     pub remaining: usize,
     pub status: Option<u16>,
     pub latency: Duration,
+}
+
+/// Random failures of a share of all requests (a test control): each request fails with
+/// `status` with `probability`, after a random latency up to `max_latency`.
+#[derive(Debug, Clone, Default)]
+pub struct Chaos {
+    pub probability: f64,
+    pub status: u16,
+    pub max_latency: Duration,
+    /// xorshift64 state (deterministic for a given seed).
+    pub rng: u64,
+}
+
+impl Chaos {
+    /// The next pseudo-random number in [0, 1).
+    pub fn next_unit(&mut self) -> f64 {
+        let mut x = self.rng.max(1);
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng = x;
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    }
 }
 
 /// An event for the SSE stream: its type and its JSON (which carries `eventType`).
@@ -257,8 +282,11 @@ pub struct SimState {
     pub next_port: u16,
     pub events: broadcast::Sender<SimEvent>,
     pub stream_generation: watch::Sender<u64>,
+    /// The event stream refuses connections until then (a test control: clients miss events).
+    pub events_refused_until: Option<std::time::Instant>,
     pub request_log: Vec<LoggedRequest>,
     pub faults: FaultPlan,
+    pub chaos: Chaos,
     /// Tasks of apps with a Docker image wait for a real container (Docker mode).
     pub docker_mode: bool,
 }
@@ -278,8 +306,10 @@ impl SimState {
             next_port: 31000,
             events,
             stream_generation,
+            events_refused_until: None,
             request_log: Vec::new(),
             faults: FaultPlan::default(),
+            chaos: Chaos::default(),
             docker_mode: false,
         }
     }

@@ -162,36 +162,49 @@ async fn event_stream_needs_the_accept_header() {
     assert_eq!(sim.get("/v2/events").await.status, 405);
 }
 
+/// Marathon's `event_type` filter applies to every event, `event_stream_attached` included
+/// (`HttpEventSSEHandle`; Marathon's own test "events should be filtered"): a filtered stream
+/// starts attached only when the filter names `event_stream_attached`.
 #[tokio::test]
-async fn event_stream_starts_attached_and_honours_filters() {
+async fn the_filter_applies_to_every_event_the_attachment_included() {
     let sim = Sim::hosts(&["node-1"]).await;
-    let response = sim
-        .http
-        .get(sim.url("/v2/events?event_type=api_post_event&event_type=deployment_success"))
-        .header("Accept", "text/event-stream")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    let open = |query: &'static str| {
+        let request = sim
+            .http
+            .get(sim.url(&format!("/v2/events{query}")))
+            .header("Accept", "text/event-stream");
+        async move { request.send().await.unwrap() }
+    };
+    let filtered = open("?event_type=api_post_event&event_type=deployment_success").await;
+    assert_eq!(filtered.status(), 200);
     assert!(
-        response.headers()["content-type"]
+        filtered.headers()["content-type"]
             .to_str()
             .unwrap()
             .starts_with("text/event-stream")
     );
+    let unfiltered = open("").await;
+    let asks_for_it = open("?event_type=event_stream_attached&event_type=api_post_event").await;
     let reply = sim.post("/v2/apps", docker_app("/web", 1)).await;
     let deployment_id = reply.headers["Marathon-Deployment-Id"]
         .to_str()
         .unwrap()
         .to_string();
-    let got = frames(response, 3).await;
+    let got = frames(filtered, 2).await;
+    assert_eq!(
+        got[0].0, "api_post_event",
+        "no event_stream_attached through the filter"
+    );
+    assert_eq!(got[0].1["eventType"], "api_post_event");
+    assert_eq!(got[0].1["appDefinition"]["id"], "/web");
+    assert_eq!(got[1].0, "deployment_success", "status updates are filtered out");
+    assert_eq!(got[1].1["id"], deployment_id.as_str());
+    let got = frames(unfiltered, 1).await;
     assert_eq!(got[0].0, "event_stream_attached");
     assert_eq!(got[0].1["eventType"], "event_stream_attached");
+    let got = frames(asks_for_it, 2).await;
+    assert_eq!(got[0].0, "event_stream_attached");
     assert_eq!(got[1].0, "api_post_event");
-    assert_eq!(got[1].1["eventType"], "api_post_event");
-    assert_eq!(got[1].1["appDefinition"]["id"], "/web");
-    assert_eq!(got[2].0, "deployment_success", "status updates are filtered out");
-    assert_eq!(got[2].1["id"], deployment_id.as_str());
 }
 
 #[tokio::test]
@@ -205,13 +218,36 @@ async fn event_stream_reports_task_status_and_instance_changes() {
         .await
         .unwrap();
     sim.post("/v2/apps", docker_app("/web", 1)).await;
-    let got = frames(response, 3).await;
-    assert_eq!(got[1].0, "status_update_event");
-    assert_eq!(got[1].1["taskStatus"], "TASK_STAGING");
-    assert_eq!(got[1].1["slaveId"], "node-1-S0");
-    assert_eq!(got[2].0, "instance_changed_event");
-    assert_eq!(got[2].1["condition"], "Staging");
-    assert_eq!(got[2].1["agentId"], "node-1-S0");
+    let got = frames(response, 2).await;
+    assert_eq!(got[0].0, "status_update_event");
+    assert_eq!(got[0].1["taskStatus"], "TASK_STAGING");
+    assert_eq!(got[0].1["slaveId"], "node-1-S0");
+    assert_eq!(got[1].0, "instance_changed_event");
+    assert_eq!(got[1].1["condition"], "Staging");
+    assert_eq!(got[1].1["agentId"], "node-1-S0");
+}
+
+#[tokio::test]
+async fn an_event_stream_outage_refuses_new_streams_for_a_while() {
+    let sim = Sim::hosts(&["node-1"]).await;
+    sim.post("/_sim/events/outage", json!({"seconds": 0.5})).await;
+    let refused = sim
+        .http
+        .get(sim.url("/v2/events"))
+        .header("Accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let back = sim
+        .http
+        .get(sim.url("/v2/events"))
+        .header("Accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(back.status(), 200);
 }
 
 #[tokio::test]
@@ -262,4 +298,27 @@ async fn a_non_leader_redirects_the_event_stream_to_the_leader() {
         reply.headers()["location"].to_str().unwrap(),
         "http://leader.example:8080/v2/events?event_type=deployment_success"
     );
+}
+
+/// A share of all requests fails, at random but reproducibly for a seed, and the log records
+/// what each request was answered.
+#[tokio::test]
+async fn chaos_fails_a_share_of_requests_and_the_log_records_each_status() {
+    let sim = Sim::hosts(&["node-1"]).await;
+    sim.handle.chaos(0.3, 503, Duration::ZERO, 42);
+    let mut failed = 0;
+    for _ in 0..200 {
+        if sim.get("/v2/apps").await.status == 503 {
+            failed += 1;
+        }
+    }
+    assert!((40..=80).contains(&failed), "about 30% of 200 fail: {failed}");
+    let logged = sim.handle.requests();
+    let logged_failures = logged
+        .iter()
+        .filter(|r| r.path == "/v2/apps" && r.status == 503)
+        .count();
+    assert_eq!(logged_failures, failed);
+    sim.handle.chaos(0.0, 503, Duration::ZERO, 0);
+    assert_eq!(sim.get("/v2/apps").await.status, 200);
 }
