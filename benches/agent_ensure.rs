@@ -55,8 +55,8 @@ fn main() {
             uid_map: map.clone(),
             gid_map: map,
             remap_source: "bench".into(),
-            seed_allow: Vec::new(),
             max_seed_bytes: 1 << 20,
+            ..Default::default()
         })
         .expect("agent"),
     );

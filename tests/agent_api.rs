@@ -144,6 +144,46 @@ async fn ensure_directory_maps_owner_through_remap_and_is_idempotent() {
     assert_eq!(s.mode, "0755");
 }
 
+/// A host's volumes verified in one request: each answered as `PUT /v1/volumes` would, in
+/// order; a refusal of one does not stop the others.
+#[tokio::test]
+async fn a_batch_ensures_each_volume_and_answers_each_in_order() {
+    use berth::agent::api::{BatchResult, MAX_BATCH};
+    let env = Env::new();
+    let server = start_server(env.agent.clone(), None).await;
+    let c = client(&server);
+    c.ensure_volume(&dir_req("toto", "/kept")).await.unwrap();
+    std::fs::write(env.tenant_root("toto").join("afile"), b"x").unwrap();
+    let batch = [
+        dir_req("toto", "/kept").into(),
+        dir_req("toto", "/afile").into(),
+        dir_req("toto", "/new").into(),
+    ];
+    let results = c.ensure_batch(&batch).await.unwrap();
+    assert!(
+        matches!(&results[0], BatchResult::Ok(v) if !v.state.created && !v.state.changed),
+        "{results:?}"
+    );
+    assert!(
+        matches!(&results[1], BatchResult::Error { status: 409, error } if error.code == "type_mismatch"),
+        "{results:?}"
+    );
+    assert!(
+        matches!(&results[2], BatchResult::Ok(v) if v.state.created),
+        "{results:?}"
+    );
+    assert!(env.tenant_root("toto").join("new").is_dir());
+    let too_many: Vec<_> = (0..=MAX_BATCH)
+        .map(|i| dir_req("toto", &format!("/v{i}")).into())
+        .collect();
+    let e = c.ensure_batch(&too_many).await.unwrap_err();
+    assert!(e.is_rejected(), "{e}");
+    assert!(
+        !env.tenant_root("toto").join("v0").exists(),
+        "a refused batch changes nothing"
+    );
+}
+
 #[tokio::test]
 async fn concatenated_ranges_and_out_of_range_ids() {
     let env = Env::with(|base| {
@@ -178,6 +218,8 @@ async fn concatenated_ranges_and_out_of_range_ids() {
                 message.contains("66536") && message.contains("0 to 66535"),
                 "{message}"
             );
+            // Where the ranges come from is the host's business.
+            assert!(!message.contains("test ranges"), "{message}");
         }
         other => panic!("{other}"),
     }
@@ -251,6 +293,12 @@ async fn file_volumes_are_files_seeded_once() {
     let e = c.ensure_volume(&steal).await.unwrap_err();
     assert_eq!(e.code(), Some("seed_not_allowed"), "{e}");
     assert!(!env.tenant_root("toto").join("etc/shadow").exists());
+    // The tenant reads this message (volume status, events): it names the file it asked for,
+    // never the host's allowlist.
+    let msg = e.to_string();
+    assert!(msg.contains("is not allowed on this host"), "{msg}");
+    assert!(msg.contains("ask the host's administrator"), "{msg}");
+    assert!(!msg.contains("decoy/etc/passwd"), "the allowlist leaked: {msg}");
     // A seed on a directory is refused.
     let mut d = dir_req("toto", "/x");
     d.seed = Some(Seed::Content("x".into()));
@@ -475,6 +523,15 @@ async fn client_tells_unreachable_from_rejected() {
     .unwrap();
     let e = c.delete("toto", "/data").await.unwrap_err();
     assert!(e.is_unreachable() && e.is_retryable() && !e.is_rejected(), "{e}");
+    // What a tenant may read names no agent address; the log line does.
+    let shown = e.to_string();
+    assert!(
+        !shown.contains(&addr.to_string()) && !shown.contains("127.0.0.1"),
+        "{shown}"
+    );
+    assert!(shown.contains("unreachable"), "{shown}");
+    assert_eq!(e.url(), Some(format!("http://{addr}").as_str()));
+    assert!(e.log_message().contains(&addr.to_string()));
     // A server that accepts but never answers: a timeout is also "unreachable".
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let silent_addr = silent.local_addr().unwrap();
@@ -496,79 +553,6 @@ async fn client_tells_unreachable_from_rejected() {
     let e = c.delete("toto", "/data").await.unwrap_err();
     assert!(e.is_unreachable(), "{e}");
     assert!(AgentClient::new("ftp://x", TOKEN, &AgentClientOptions::default()).is_err());
-}
-
-/// Makes a CA and a server certificate for 127.0.0.1 with openssl(1).
-fn make_certs(dir: &Path) {
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("openssl(1) is needed for the TLS test");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=berth test CA",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign",
-    ]);
-    run(&[
-        "req",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        "agent.key",
-        "-out",
-        "agent.csr",
-        "-subj",
-        "/CN=agent",
-    ]);
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "agent.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "agent.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-    ]);
 }
 
 #[tokio::test]

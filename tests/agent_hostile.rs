@@ -243,6 +243,9 @@ fn delete_never_crosses_a_bind_mount() {
         "bind mount not visible"
     );
     // Creating through the mount is refused (RESOLVE_NO_XDEV), so nothing lands on the decoy.
+    // (`data` belongs to the container's root; as a parent it must be root's, so the walk gets
+    // as far as the mount.)
+    std::os::unix::fs::chown(&d, Some(0), Some(0)).unwrap();
     let e = env
         .agent
         .ensure(&req("/data/a/mnt/new", VolumeType::Directory, 0, "0777"))
@@ -291,15 +294,19 @@ fn start_swapper(dir: &Path, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u
 #[test]
 fn rename_exchange_race_during_ensure_and_delete_never_escapes() {
     let env = Env::new();
-    env.agent
-        .ensure(&req("/race", VolumeType::Directory, 0, "0755"))
-        .unwrap();
+    // Two root-owned directories (as parents must be), each holding a directory `a` and a
+    // symlink `b` to the decoy that a thread keeps swapping: parents of new volumes in `race`,
+    // the volume itself (chowned and chmodded) in `leaf`.
     let race = env.tenant_root("toto").join("race");
-    std::fs::create_dir(race.join("a")).unwrap();
-    symlink(env.decoy.join("data"), race.join("b")).unwrap();
+    let leaf = env.tenant_root("toto").join("leaf");
+    for d in [&race, &leaf] {
+        std::fs::create_dir_all(d.join("a")).unwrap();
+        symlink(env.decoy.join("data"), d.join("b")).unwrap();
+    }
     let decoy = env.snapshot_decoy();
     let stop = Arc::new(AtomicBool::new(false));
     let swapper = start_swapper(&race, stop.clone());
+    let leaf_swapper = start_swapper(&leaf, stop.clone());
     let (mut ok, mut refused) = (0u32, 0u32);
     for i in 0..3000 {
         let results = [
@@ -315,7 +322,7 @@ fn rename_exchange_race_during_ensure_and_delete_never_escapes() {
                 .ensure(&req(&format!("/race/b/f{i}"), VolumeType::File, 1000, "0666"))
                 .map(|_| ()),
             env.agent
-                .ensure(&req("/race/a", VolumeType::Directory, 2000, "0777"))
+                .ensure(&req("/leaf/a", VolumeType::Directory, 2000 + i, "0777"))
                 .map(|_| ()),
             env.agent.delete(&q(&format!("/race/a/d{i}"))).map(|_| ()),
             env.agent.delete(&q(&format!("/race/b/f{i}"))).map(|_| ()),
@@ -335,7 +342,12 @@ fn rename_exchange_race_during_ensure_and_delete_never_escapes() {
     }
     stop.store(true, Ordering::Relaxed);
     let swaps = swapper.join().unwrap();
+    let leaf_swaps = leaf_swapper.join().unwrap();
     assert!(swaps > 100, "the race thread barely ran ({swaps} swaps)");
+    assert!(
+        leaf_swaps > 100,
+        "the leaf race thread barely ran ({leaf_swaps} swaps)"
+    );
     assert!(
         ok > 0 && refused > 0,
         "ok {ok}, refused {refused}: the race did not interleave"
@@ -380,7 +392,7 @@ fn rename_exchange_race_during_recursive_delete_never_escapes() {
 }
 
 #[test]
-fn ownership_changes_touch_only_the_volume_itself() {
+fn an_owner_change_reaches_nothing_outside_the_volume() {
     let env = Env::new();
     let root = env.tenant_root("toto");
     std::fs::create_dir_all(root.join("data/inner")).unwrap();
@@ -393,8 +405,12 @@ fn ownership_changes_touch_only_the_volume_itself() {
         .ensure(&req("/data", VolumeType::Directory, 1000, "0700"))
         .unwrap();
     assert_eq!((s.owner.host_uid, s.mode.as_str()), (166536, "0700"));
-    // Not recursive: contents keep their owners, links are untouched.
-    assert_eq!(owner_of(&root.join("data/inner/file")), (0, 0));
+    // What the previous owner held below the volume goes to the new owner: a symlink itself,
+    // never its target; a hard-linked file not at all (its other link is outside).
+    assert_eq!(owner_of(&root.join("data/inner/file")), (166536, 166536));
+    assert_eq!(owner_of(&root.join("data/link")), (166536, 166536));
+    assert_eq!(owner_of(&root.join("data/hl")), (0, 0));
+    assert_eq!(s.reowned.expect("the tree was re-owned").skipped_hard_links, 1);
     assert_unchanged(&decoy, &env.decoy);
 }
 

@@ -7,10 +7,18 @@ use serde::{Deserialize, Serialize};
 
 pub use super::remap::IdRange;
 
+mod migration;
+pub use migration::*;
+
 /// Route prefix of the versioned API.
 pub const HEALTH_PATH: &str = "/healthz";
 pub const HOST_PATH: &str = "/v1/host";
 pub const VOLUMES_PATH: &str = "/v1/volumes";
+/// Ensure many volumes in one request (a host's volumes, verified together).
+pub const VOLUMES_BATCH_PATH: &str = "/v1/volumes/batch";
+/// Most volumes in one batch.
+pub const MAX_BATCH: usize = 512;
+pub const USAGE_PATH: &str = "/v1/usage";
 
 /// The type a volume is declared as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -133,6 +141,25 @@ pub struct VolumeState {
     /// True when this request changed anything (created it, or fixed owner or mode).
     #[serde(default)]
     pub changed: bool,
+    /// When the owner of a directory volume changed: what was re-owned below it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reowned: Option<ReownReport>,
+}
+
+/// What a change of a directory volume's owner did below it: entries the previous owner owned
+/// are given to the new one; hard-linked files and mounts are left alone.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReownReport {
+    /// Entries whose owner changed.
+    pub entries: u64,
+    /// Regular files with several hard links, left as they were.
+    pub skipped_hard_links: u64,
+    /// Mount points not descended into.
+    pub skipped_mounts: u64,
+    /// Directories nested deeper than the agent walks were not re-owned.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub depth_limited: bool,
 }
 
 /// `GET /v1/volumes?tenant=..&hostPath=..`: state plus disk usage of the whole tree.
@@ -149,6 +176,16 @@ pub struct VolumeUsage {
     /// Paths (relative to the volume) of mount points that were not descended into.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub skipped_mounts: Vec<String>,
+    /// True when directories nested deeper than the agent walks (256 levels) were not counted:
+    /// `usageBytes` and `entries` are then lower bounds.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub depth_limited: bool,
+    /// The identity the data carries (`trusted.berth.volume`), when it carries one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<super::identity::VolumeIdentity>,
+    /// True when that volume was deleted and left its data (`reclaimPolicy: Retain`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub released: bool,
 }
 
 /// Query of `GET` and `DELETE /v1/volumes`.
@@ -179,6 +216,13 @@ pub struct FsSpace {
     pub free_bytes: u64,
     /// Size of the filesystem (`f_blocks × f_frsize`).
     pub total_bytes: u64,
+    /// Inodes available to unprivileged writers (`f_favail`); absent on filesystems that
+    /// allocate inodes as needed (btrfs reports none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub free_inodes: Option<u64>,
+    /// Inodes of the filesystem (`f_files`); absent where inodes are allocated as needed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_inodes: Option<u64>,
 }
 
 /// The remap the agent applies (empty ranges = identity, no remap).
@@ -210,6 +254,10 @@ pub struct HostInfo {
     #[serde(flatten)]
     pub space: FsSpace,
     pub remap: RemapInfo,
+    /// Which limits the data root's filesystem can enforce (from agents older than this field:
+    /// kind `none`).
+    #[serde(default)]
+    pub quota: QuotaInfo,
     pub version: String,
 }
 
@@ -225,3 +273,31 @@ pub struct ErrorDetail {
     pub code: String,
     pub message: String,
 }
+
+/// `PUT /v1/volumes/batch`: ensure each volume, as `PUT /v1/volumes` would, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EnsureBatch {
+    pub volumes: Vec<EnsureBody>,
+}
+
+/// The answer to one volume of a batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum BatchResult {
+    Ok(Box<EnsuredVolume>),
+    /// What `PUT /v1/volumes` would have answered, with its HTTP status.
+    Error {
+        status: u16,
+        error: ErrorDetail,
+    },
+}
+
+/// The answers of a batch, in the order of its volumes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnsureBatchResult {
+    pub results: Vec<BatchResult>,
+}
+mod capacity;
+
+pub use capacity::*;

@@ -11,9 +11,12 @@ use reqwest::{Certificate, StatusCode};
 use serde::de::DeserializeOwned;
 use thiserror::Error;
 
+mod migration;
+
 use super::api::{
-    DeleteResult, EnsureVolumeRequest, ErrorBody, HOST_PATH, HostInfo, VOLUMES_PATH, VolumeQuery,
-    VolumeState, VolumeUsage,
+    BatchResult, DeleteResult, EnsureBatch, EnsureBatchResult, EnsureBody, EnsureVolumeRequest,
+    EnsuredVolume, ErrorBody, HOST_PATH, HostInfo, USAGE_PATH, UsageRequest, UsageResponse,
+    VOLUMES_BATCH_PATH, VOLUMES_PATH, VolumeQuery, VolumeState, VolumeUsage,
 };
 
 /// Client settings.
@@ -38,11 +41,15 @@ impl Default for AgentClientOptions {
 }
 
 /// What went wrong talking to an agent.
+///
+/// `Display` is safe to show a tenant (volume status, events): it names no agent URL. For logs,
+/// [`AgentClientError::url`] gives the agent's address and [`AgentClientError::log_message`]
+/// both.
 #[derive(Debug, Error)]
 pub enum AgentClientError {
     /// No answer: connection refused, DNS, TLS handshake, timeout, connection reset. Says nothing
     /// about the host's data: wait and retry, never delete or re-place because of it.
-    #[error("agent at {url} is unreachable ({reason}); the host's data is unaffected, retry later")]
+    #[error("the host's berth agent is unreachable ({reason}); the host's data is unaffected, retry later")]
     Unreachable {
         url: String,
         reason: String,
@@ -65,7 +72,7 @@ pub enum AgentClientError {
     },
     /// The agent answered 2xx with a body this client does not understand (version skew?).
     #[error(
-        "agent at {url} sent an unexpected response: {reason}; check that agent and controller versions match"
+        "the host's berth agent sent an unexpected response: {reason}; check that agent and controller versions match"
     )]
     InvalidResponse { url: String, reason: String },
     /// The client could not be built (bad URL or CA bundle).
@@ -84,13 +91,57 @@ impl AgentClientError {
         matches!(self, AgentClientError::Rejected { .. })
     }
 
-    /// True when a retry may succeed without any change (unreachable, 5xx, or a 409 caused by
-    /// a concurrent change).
+    /// True when a retry may succeed without any change (unreachable, 5xx, a 409 caused by a
+    /// concurrent change, or a delete still running).
     pub fn is_retryable(&self) -> bool {
         match self {
             AgentClientError::Unreachable { .. } | AgentClientError::AgentFailed { .. } => true,
-            AgentClientError::Rejected { code, .. } => code == "concurrent_change",
+            AgentClientError::Rejected { code, .. } => {
+                code == "concurrent_change" || code == "delete_in_progress"
+            }
             _ => false,
+        }
+    }
+
+    /// True when the agent is still deleting the path (`409 delete_in_progress`): the data is
+    /// not gone yet; a later DELETE returns the result. The message says how far it got.
+    pub fn is_delete_in_progress(&self) -> bool {
+        self.code() == Some("delete_in_progress")
+    }
+
+    /// The agent's address, when the error is about one (for logs, not for tenants).
+    pub fn url(&self) -> Option<&str> {
+        match self {
+            AgentClientError::Unreachable { url, .. } | AgentClientError::InvalidResponse { url, .. } => {
+                Some(url)
+            }
+            _ => None,
+        }
+    }
+
+    /// The message with the agent's address, for logs.
+    pub fn log_message(&self) -> String {
+        match self.url() {
+            Some(url) => format!("{self} [agent {url}]"),
+            None => self.to_string(),
+        }
+    }
+
+    /// The error for an answer with this status, code and message (as one volume of a batch is
+    /// answered).
+    pub fn from_answer(status: u16, code: String, message: String) -> Self {
+        if (400..500).contains(&status) {
+            AgentClientError::Rejected {
+                status,
+                code,
+                message,
+            }
+        } else {
+            AgentClientError::AgentFailed {
+                status,
+                code,
+                message,
+            }
         }
     }
 
@@ -105,12 +156,21 @@ impl AgentClientError {
     }
 }
 
-/// A typed client for one agent's API.
-#[derive(Debug, Clone)]
+/// A typed client for one agent's API. Its `Debug` never shows the token.
+#[derive(Clone)]
 pub struct AgentClient {
     http: reqwest::Client,
     base: String,
     token: String,
+}
+
+impl std::fmt::Debug for AgentClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentClient")
+            .field("base", &self.base)
+            .field("token", &"<redacted>")
+            .finish_non_exhaustive()
+    }
 }
 
 impl AgentClient {
@@ -126,7 +186,9 @@ impl AgentClient {
         }
         let mut b = reqwest::Client::builder()
             .timeout(options.timeout)
-            .connect_timeout(options.connect_timeout);
+            .connect_timeout(options.connect_timeout)
+            // Agents close keep-alive connections idle for 10 s; never reuse one that old.
+            .pool_idle_timeout(Duration::from_secs(5));
         if let Some(pem) = &options.ca_pem {
             let certs = Certificate::from_pem_bundle(pem)
                 .map_err(|e| AgentClientError::Config(format!("CA bundle: {e}")))?;
@@ -161,6 +223,48 @@ impl AgentClient {
         self.send(r).await?.ok_or_else(|| self.not_found(VOLUMES_PATH))
     }
 
+    /// `PUT /v1/volumes/batch`: many ensures in one request (at most `api::MAX_BATCH`); one
+    /// result per volume, in order.
+    pub async fn ensure_batch(&self, volumes: &[EnsureBody]) -> Result<Vec<BatchResult>, AgentClientError> {
+        let body = EnsureBatch {
+            volumes: volumes.to_vec(),
+        };
+        let r = self.http.put(self.url(VOLUMES_BATCH_PATH)).json(&body);
+        let answer: EnsureBatchResult = self
+            .send(r)
+            .await?
+            .ok_or_else(|| self.not_found(VOLUMES_BATCH_PATH))?;
+        if answer.results.len() != volumes.len() {
+            return Err(AgentClientError::InvalidResponse {
+                url: self.url(VOLUMES_BATCH_PATH),
+                reason: format!("{} results for {} volumes", answer.results.len(), volumes.len()),
+            });
+        }
+        Ok(answer.results)
+    }
+
+    /// `PUT /v1/volumes` with a capacity: the volume's state and its limit. Without
+    /// `capacity_bytes` a limit berth set earlier is lifted. Agents older than capacities refuse
+    /// the field (`400 invalid_request`).
+    pub async fn ensure_volume_with_capacity(
+        &self,
+        req: &EnsureBody,
+    ) -> Result<EnsuredVolume, AgentClientError> {
+        let r = self.http.put(self.url(VOLUMES_PATH)).json(req);
+        self.send(r).await?.ok_or_else(|| self.not_found(VOLUMES_PATH))
+    }
+
+    /// `POST /v1/usage`: the usage of many volumes of this host in one call, in the order asked
+    /// (at most [`crate::agent::ops::MAX_USAGE_BATCH`]). Agents older than it answer
+    /// `404 not_found`.
+    pub async fn usage(&self, volumes: &[VolumeQuery]) -> Result<UsageResponse, AgentClientError> {
+        let body = UsageRequest {
+            volumes: volumes.to_vec(),
+        };
+        let r = self.http.post(self.url(USAGE_PATH)).json(&body);
+        self.send(r).await?.ok_or_else(|| self.not_found(USAGE_PATH))
+    }
+
     /// `GET /v1/volumes`; `Ok(None)` when the volume does not exist on the host.
     pub async fn inspect(
         &self,
@@ -174,7 +278,10 @@ impl AgentClient {
         self.send(r).await
     }
 
-    /// `DELETE /v1/volumes` (recursive; `existed: false` when nothing was there).
+    /// `DELETE /v1/volumes` (recursive; `existed: false` when nothing was there). A big tree may
+    /// take longer than the agent waits: the answer is then `Rejected` with code
+    /// `delete_in_progress` ([`AgentClientError::is_delete_in_progress`]); call again later, and
+    /// the call after the walk finished returns its result.
     pub async fn delete(&self, tenant: &str, host_path: &str) -> Result<DeleteResult, AgentClientError> {
         let r = self
             .http
@@ -266,4 +373,25 @@ fn describe(e: &reqwest::Error) -> String {
         src = cause.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_the_token() {
+        let c = AgentClient::new(
+            "http://127.0.0.1:1",
+            "secret-token-0123456789abcdef",
+            &AgentClientOptions::default(),
+        )
+        .unwrap();
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("secret-token"), "{shown}");
+        assert!(
+            shown.contains("<redacted>") && shown.contains("127.0.0.1:1"),
+            "{shown}"
+        );
+    }
 }

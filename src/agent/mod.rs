@@ -3,21 +3,30 @@
 //!
 //! - [`api`]: JSON wire types shared with the controller.
 //! - [`attributes`]: the host's Mesos attributes, for placement by attribute constraints.
+//! - [`credentials`]: per-host tokens derived from the controller's secret (`berth agent-token`).
 //! - [`remap`]: `/etc/subuid`/`/etc/subgid` parsing and container→host id mapping.
 //! - [`safe_fs`]: fd-relative, no-follow, no-mount-crossing file operations.
-//! - [`ops`]: validation plus the operations (`ensure`, `inspect`, `delete`, `host_info`).
-//! - [`server`]: routes, bearer-token auth, TLS.
+//! - [`ops`]: validation plus the operations (`ensure`, `inspect`, `delete`, `host_info`, `usage`).
+//! - [`quota`]: capacity limits (btrfs qgroups, XFS project quotas) and usage by quota or walk.
+//! - [`deletes`]: deletes that outlive their request, one walk per path.
+//! - [`server`]: routes, bearer-token auth, TLS, connection limits and timeouts.
 //! - [`client`]: the controller's typed client.
 
 pub mod api;
 pub mod attributes;
 pub mod client;
+pub mod credentials;
+pub mod deletes;
+pub mod identity;
+pub mod manifest;
 pub mod ops;
+pub mod quota;
 pub mod remap;
 pub mod safe_fs;
 pub mod server;
+pub mod transfer;
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use thiserror::Error;
 use tracing::{info, warn};
@@ -44,9 +53,14 @@ pub struct AgentArgs {
     /// PEM private key for --tls-cert.
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
-    /// Tenant root template; its directory (e.g. /containerdata) is the agent's root.
+    /// Tenant root template; its directory (e.g. /containerdata) is the agent's root and must
+    /// exist (see --create-root).
     #[arg(long, default_value = crate::tenant::DEFAULT_ROOT_TEMPLATE)]
     pub root_template: String,
+    /// Create the directory holding the tenant roots (root-owned, 0755) when it is missing,
+    /// instead of refusing to start.
+    #[arg(long)]
+    pub create_root: bool,
     /// Hostname as Marathon/Mesos sees this host (default: the kernel's node name). Set it to
     /// the Mesos agent's --hostname when that is set.
     #[arg(long, env = "BERTH_AGENT_HOSTNAME")]
@@ -78,6 +92,50 @@ pub struct AgentArgs {
     /// Largest seed, in bytes.
     #[arg(long, default_value_t = ops::DEFAULT_MAX_SEED_BYTES)]
     pub max_seed_bytes: u64,
+    /// Most connections open at once; beyond it the oldest idle connection is closed.
+    #[arg(long, env = "BERTH_AGENT_MAX_CONNECTIONS", default_value_t = 128)]
+    pub max_connections: usize,
+    /// Time a client has to finish the TLS handshake and to send a request's head and body; a
+    /// keep-alive connection idle this long is closed (e.g. 10s, 500ms, 1m).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+    /// On SIGTERM, how long requests in flight may still run before the agent exits.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+    /// How long a DELETE waits for its walk before answering 409 delete_in_progress (the walk
+    /// goes on; the next DELETE of the path gets its result).
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    pub delete_wait: Duration,
+    /// Turn quota (btrfs qgroups) on at start when it is off, so capacities become limits; the
+    /// agent then refuses to start where it cannot enforce them.
+    #[arg(long)]
+    pub enable_quota: bool,
+    /// Usage of volumes without quota accounting is measured by walking them, at most this often
+    /// per volume (a usage answer may be that old).
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub usage_walk_interval: Duration,
+    /// PEM bundle of the CA that signed the other agents' certificates, to check them when this
+    /// agent sends a volume to another (default: the system's roots).
+    #[arg(long, value_name = "PATH")]
+    pub peer_ca_file: Option<PathBuf>,
+}
+
+/// Parses `500ms`, `10s`, `2m` or a number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let (num, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => t.split_at(i),
+        None => (t, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration such as 10s, 500ms or 2m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
+        _ => Err(format!("{s:?}: use the unit ms, s or m (e.g. 10s)")),
+    }
 }
 
 /// Why the agent could not start or stopped.
@@ -135,13 +193,18 @@ pub fn load_remap(args: &AgentArgs) -> Result<(IdMap, IdMap, String), AgentError
     let user = &args.remap_user;
     let uid_name = args.subuid_file.display().to_string();
     let gid_name = args.subgid_file.display().to_string();
+    let missing = |file: &str| {
+        AgentError::Config(format!(
+            "{file} does not exist, so the remap user {user:?} has no subordinate id ranges; add the ranges Docker's userns-remap uses, pass --uid-map/--gid-map, or pass --no-remap if Docker runs without userns-remap"
+        ))
+    };
     let uids = match read(&args.subuid_file)? {
         Some(s) => IdMap::parse_subid(&uid_name, &s, user).map_err(cfg)?,
-        None => IdMap::identity(),
+        None => return Err(missing(&uid_name)),
     };
     let gids = match read(&args.subgid_file)? {
         Some(s) => IdMap::parse_subid(&gid_name, &s, user).map_err(cfg)?,
-        None => IdMap::identity(),
+        None => return Err(missing(&gid_name)),
     };
     if uids.is_identity() != gids.is_identity() {
         return Err(AgentError::Config(format!(
@@ -149,25 +212,61 @@ pub fn load_remap(args: &AgentArgs) -> Result<(IdMap, IdMap, String), AgentError
         )));
     }
     if uids.is_identity() {
-        warn!(user = %user, subuid = %uid_name, "no subordinate id ranges for the remap user: container ids are used as host ids (no remap); pass --no-remap to silence this if Docker runs without userns-remap");
+        return Err(AgentError::Config(format!(
+            "the remap user {user:?} has no ranges in {uid_name} and {gid_name}; name the user Docker's userns-remap uses with --remap-user, pass --uid-map/--gid-map, or pass --no-remap if Docker runs without userns-remap"
+        )));
     }
     Ok((uids, gids, format!("{uid_name} and {gid_name} for user {user}")))
 }
 
-/// Raises the open-file soft limit to the hard limit (deep trees hold one fd per level).
-fn raise_nofile_limit() {
+/// File descriptors kept for everything but connections (walks hold up to 256 at a time).
+const FDS_BESIDES_CONNECTIONS: u64 = 128;
+
+/// Raises the open-file soft limit to the hard limit and returns the soft limit.
+fn raise_nofile_limit() -> Option<u64> {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let mut l = getrlimit(Resource::Nofile);
     if l.current < l.maximum {
         l.current = l.maximum;
         let _ = setrlimit(Resource::Nofile, l);
     }
+    getrlimit(Resource::Nofile).current
+}
+
+/// `--max-connections`, lowered when the open-file limit could not hold that many.
+fn connection_cap(wanted: usize, nofile: Option<u64>) -> usize {
+    let wanted = wanted.max(1);
+    let Some(limit) = nofile else {
+        return wanted;
+    };
+    let room = usize::try_from(limit.saturating_sub(FDS_BESIDES_CONNECTIONS)).unwrap_or(usize::MAX);
+    if room >= wanted {
+        return wanted;
+    }
+    let cap = room.max(8);
+    warn!(
+        wanted,
+        cap,
+        nofile = limit,
+        "the open-file limit cannot hold --max-connections connections: serving at most {cap}; raise LimitNOFILE"
+    );
+    cap
+}
+
+/// Warns about a secret file that group or others can read.
+fn warn_if_exposed(path: &std::path::Path, what: &str) {
+    if let Some(w) = credentials::exposure_warning(path, what) {
+        warn!("{w}");
+    }
 }
 
 /// `berth agent`.
 pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     crate::tls::install_crypto_provider();
-    raise_nofile_limit();
+    let nofile = raise_nofile_limit();
+    if let Some(p) = &args.token_file {
+        warn_if_exposed(p, "token file");
+    }
     let token = load_token(args.token_file.as_deref())?;
     let (uid_map, gid_map, remap_source) = load_remap(&args)?;
     let hostname = match &args.hostname {
@@ -175,17 +274,12 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         Some(_) => return Err(AgentError::Config("--hostname is empty".into())),
         None => rustix::system::uname().nodename().to_string_lossy().into_owned(),
     };
-    for p in &args.seed_allow {
-        if !p.is_absolute() {
-            return Err(AgentError::Config(format!(
-                "--seed-allow {}: use an absolute path",
-                p.display()
-            )));
-        }
-    }
     let attributes = attributes::load(&args.attributes).map_err(AgentError::Config)?;
     let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(c), Some(k)) => Some(server::load_tls(c, k)?),
+        (Some(c), Some(k)) => {
+            warn_if_exposed(k, "TLS private key");
+            Some(server::load_tls(c, k)?)
+        }
         _ => {
             warn!(
                 "serving plain HTTP: the token travels in clear text; use --tls-cert/--tls-key outside a trusted network"
@@ -202,17 +296,44 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         remap_source,
         seed_allow: args.seed_allow.clone(),
         max_seed_bytes: args.max_seed_bytes,
+        create_root: args.create_root,
+        delete_wait: args.delete_wait,
+        enable_quota: args.enable_quota,
+        usage_walk_interval: args.usage_walk_interval,
+        peer_ca_pem: match &args.peer_ca_file {
+            Some(p) => Some(std::fs::read(p).map_err(|e| {
+                AgentError::Config(format!("cannot read --peer-ca-file {}: {e}", p.display()))
+            })?),
+            None => None,
+        },
     })?);
+    let options = server::ServeOptions {
+        header_timeout: args.header_timeout,
+        max_connections: connection_cap(args.max_connections, nofile),
+        shutdown_timeout: args.shutdown_timeout,
+    };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|source| AgentError::Bind {
             addr: args.listen,
             source,
         })?;
+    let token_source = match &args.token_file {
+        Some(p) => format!("file {}", p.display()),
+        None => format!("${TOKEN_ENV}"),
+    };
     info!(listen = %args.listen, tls = tls.is_some(), hostname = %hostname,
-          root_template = %args.root_template, remap = %agent.config().remap_source, "berth agent started");
-    let router = server::router(agent, token);
-    server::serve(listener, router, tls, shutdown_signal()).await
+          root_template = %args.root_template, remap = %agent.config().remap_source,
+          seed_allow = ?args.seed_allow, max_connections = options.max_connections,
+          header_timeout = ?options.header_timeout, "berth agent started");
+    info!(token = %token_source,
+          "bearer token loaded; give each host its own token: `berth agent-token --secret-file SECRET --host {hostname}` prints this host's, and the controller derives the same from the secret, so a token read on this host works on no other");
+    let router = server::router(agent.clone(), token);
+    let served = server::serve_with(listener, router, tls, options, shutdown_signal()).await;
+    // Walks still running (a big delete) stop at their next entry; a retry resumes them.
+    agent.cancel();
+    info!("stopped");
+    served
 }
 
 /// Resolves on SIGINT or SIGTERM (what systemd and Marathon send).

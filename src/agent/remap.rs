@@ -38,6 +38,14 @@ pub enum RemapError {
         why: String,
     },
     #[error(
+        "{flag} {value:?}: {why}; expected host ranges START:COUNT[,START:COUNT...], e.g. {flag} 165536:65536"
+    )]
+    BadFlag {
+        flag: String,
+        value: String,
+        why: String,
+    },
+    #[error(
         "{source_name}: range {host_start}:{count} overlaps another range; subordinate id ranges of one user must not overlap"
     )]
     Overlap {
@@ -136,26 +144,42 @@ impl IdMap {
             let count: u32 = count
                 .parse()
                 .map_err(|_| bad("count is not a number below 2^32"))?;
+            if count == 0 {
+                return Err(bad("count must be at least 1"));
+            }
             pairs.push((start, count));
         }
         Self::from_host_ranges(source_name, &pairs)
     }
 
-    /// Parses a flag value `START:COUNT[,START:COUNT...]` of host ranges.
+    /// Parses a flag value `START:COUNT[,START:COUNT...]` of host ranges. Errors are given in the
+    /// flag's own terms (which range, which field), never as lines of a file.
     pub fn parse_flag(flag: &str, value: &str) -> Result<Self, RemapError> {
-        let mut pairs = Vec::new();
-        for (i, part) in value.split(',').enumerate() {
-            let bad = |why: &str| RemapError::BadLine {
-                source_name: flag.to_owned(),
-                line: i + 1,
-                why: why.to_owned(),
+        let parts: Vec<&str> = value.split(',').collect();
+        let mut pairs = Vec::with_capacity(parts.len());
+        for (i, part) in parts.iter().enumerate() {
+            let bad = |why: &str| RemapError::BadFlag {
+                flag: flag.to_owned(),
+                value: value.to_owned(),
+                why: if parts.len() > 1 {
+                    format!("range {} ({:?}): {why}", i + 1, part.trim())
+                } else {
+                    why.to_owned()
+                },
             };
             let (start, count) = part
                 .trim()
                 .split_once(':')
-                .ok_or_else(|| bad("each range must be START:COUNT"))?;
-            let start: u32 = start.parse().map_err(|_| bad("START is not a number"))?;
-            let count: u32 = count.parse().map_err(|_| bad("COUNT is not a number"))?;
+                .ok_or_else(|| bad("a range must be START:COUNT"))?;
+            let start: u32 = start
+                .parse()
+                .map_err(|_| bad("START is not a number below 2^32"))?;
+            let count: u32 = count
+                .parse()
+                .map_err(|_| bad("COUNT is not a number below 2^32"))?;
+            if count == 0 {
+                return Err(bad("COUNT must be at least 1"));
+            }
             pairs.push((start, count));
         }
         Self::from_host_ranges(flag, &pairs)
@@ -269,5 +293,27 @@ mod tests {
         assert_eq!(m.to_host(65536), Some(300000));
         assert!(IdMap::parse_flag("--uid-map", "165536").is_err());
         assert!(IdMap::parse_flag("--uid-map", "a:1").is_err());
+    }
+
+    #[test]
+    fn flag_errors_speak_the_flags_format_and_refuse_empty_ranges() {
+        let e = IdMap::parse_flag("--uid-map", "165536:0")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "--uid-map \"165536:0\": COUNT must be at least 1; expected host ranges START:COUNT[,START:COUNT...], e.g. --uid-map 165536:65536"
+        );
+        let e = IdMap::parse_flag("--gid-map", "165536:65536,x:5")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("range 2 (\"x:5\"): START is not a number"), "{e}");
+        assert!(!e.contains("line"), "a flag has no lines: {e}");
+        let e = IdMap::parse_subid("/etc/subuid", "dockremap:165536:0\n", "dockremap").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("/etc/subuid line 1: count must be at least 1"),
+            "{e}"
+        );
     }
 }

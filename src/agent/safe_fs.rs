@@ -11,20 +11,31 @@
 
 use std::{
     ffi::{CStr, CString},
-    fs::File,
-    io::{Read, Write},
-    os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
+    os::fd::{AsFd, BorrowedFd, OwnedFd},
     path::{Path, PathBuf},
+    sync::atomic::{AtomicBool, Ordering},
 };
 
 use rustix::{
-    fs::{AtFlags, FileType, Gid, Mode, OFlags, ResolveFlags, Uid},
+    fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags},
     io::Errno,
 };
 use thiserror::Error;
-use tracing::info;
+use tracing::debug;
 
-mod tree;
+mod delete;
+mod ensure;
+mod reown;
+mod seed;
+mod staging;
+pub mod stamp;
+mod subvolume;
+mod usage;
+
+pub use ensure::NewDir;
+pub use seed::SeedSource;
+use seed::read_seed;
+pub use subvolume::{VolumeDir, fs_magic, is_subvolume_root, mount_id_at};
 
 use super::api::{EntryType, FsSpace, VolumeType};
 use crate::tenant::{TenantRoot, VolumePath};
@@ -36,12 +47,18 @@ pub const RESOLVE: ResolveFlags = ResolveFlags::BENEATH
     .union(ResolveFlags::NO_XDEV);
 /// How often an `openat2` that failed with `EAGAIN` (a concurrent rename) is retried.
 pub const EAGAIN_RETRIES: usize = 64;
-/// Deepest directory nesting the agent walks (each level holds one fd).
-pub const MAX_DEPTH: usize = 512;
+/// Deepest directory nesting an inspect counts (each level holds one fd); deeper parts are not
+/// counted and the answer says so.
+pub const MAX_USAGE_DEPTH: usize = 256;
+/// Most directory fds a delete holds at once. A deeper subtree is moved up (within the volume)
+/// and deleted from there, so any depth is deleted with at most this many fds.
+pub const DELETE_FD_DEPTH: usize = 64;
 /// How many times a directory is re-read while deleting it, when a tenant keeps adding entries.
 const DELETE_PASSES: usize = 4;
 /// Mode of directories the agent creates above a volume (and of a new tenant root).
 pub const PARENT_DIR_MODE: u32 = 0o755;
+/// Bits never kept or set on a regular file: setuid and setgid.
+pub const FILE_PRIVILEGE_BITS: u32 = 0o6000;
 
 /// A filesystem failure, with a message that names the path and says what to do.
 #[derive(Debug, Error)]
@@ -80,10 +97,14 @@ pub enum FsError {
     )]
     DeleteIncomplete { path: String, remaining: Vec<String> },
     #[error(
-        "{path} is nested more than {MAX_DEPTH} directories deep; berth stops there. Flatten the tree from inside the container and retry"
+        "{path} lies above the volume but {problem}. Every directory above a volume (the tenant root included) must be owned by root and not writable by group or others, or a container could swap what lies below it before Docker mounts it. It is often the data of an earlier volume kept by reclaimPolicy: Retain: move that data elsewhere and remove {path}, or ask the host's administrator to run `chown root {path}; chmod go-w {path}`; then retry"
     )]
-    TooDeep { path: String },
-    #[error("seed file {path}: {why}; fix the agent's --seed-allow list or the file on the host")]
+    UnsafeParent { path: String, problem: String },
+    #[error(
+        "the agent is shutting down: it stopped working on {path} after {done} entries; nothing is lost, retry"
+    )]
+    Interrupted { path: String, done: u64 },
+    #[error("seed file {path} cannot be copied on this host ({why}); ask the host's administrator")]
     SeedSource { path: String, why: String },
     #[error(
         "{op} {path} failed: {source}; check the agent host's filesystem (permissions, free space, read-only mount)"
@@ -183,18 +204,6 @@ pub fn open_beneath<P: rustix::path::Arg + Copy>(
     Err(last)
 }
 
-/// What to create a new file with.
-#[derive(Debug, Clone)]
-pub enum SeedSource {
-    Bytes(Vec<u8>),
-    /// An allowlisted host file (trusted agent configuration; symlinks such as `/etc/localtime`
-    /// are followed) and the largest size accepted.
-    HostFile {
-        path: PathBuf,
-        max_bytes: u64,
-    },
-}
-
 /// What [`SafeRoot::ensure`] should make. Ids are host ids (already mapped).
 #[derive(Debug, Clone)]
 pub struct EnsureSpec {
@@ -213,6 +222,8 @@ pub struct EnsureOutcome {
     pub meta: Meta,
     pub created: bool,
     pub changed: bool,
+    /// What a change of owner did below a directory volume.
+    pub reowned: Option<crate::agent::api::ReownReport>,
 }
 
 /// Usage of a tree.
@@ -221,6 +232,8 @@ pub struct Usage {
     pub bytes: u64,
     pub entries: u64,
     pub skipped_mounts: Vec<String>,
+    /// Directories nested deeper than [`MAX_USAGE_DEPTH`] were not counted.
+    pub depth_limited: bool,
 }
 
 /// An fd of the directory holding all tenant roots, and everything done beneath it.
@@ -228,6 +241,18 @@ pub struct Usage {
 pub struct SafeRoot {
     base: OwnedFd,
     base_path: PathBuf,
+    /// The agent's effective uid: the owner every directory above a volume must have.
+    owner_uid: u32,
+    /// Set when the agent shuts down: long walks stop at the next entry.
+    cancelled: AtomicBool,
+}
+
+/// The directory holding the last component of a path, as [`SafeRoot::walk_parents`] found it.
+struct Parents {
+    dir: OwnedFd,
+    shown: String,
+    /// Directories created on the way (the tenant root included).
+    created: usize,
 }
 
 /// Display form of a path below the base, for messages and logs.
@@ -257,11 +282,46 @@ impl SafeRoot {
         Ok(Self {
             base: fd,
             base_path: base.to_path_buf(),
+            owner_uid: rustix::process::geteuid().as_raw(),
+            cancelled: AtomicBool::new(false),
         })
     }
 
     pub fn base_path(&self) -> &Path {
         &self.base_path
+    }
+
+    /// The state of the base directory itself.
+    pub fn base_meta(&self) -> Result<Meta, FsError> {
+        fstat(self.base.as_fd(), &self.base_path.display().to_string())
+    }
+
+    /// Makes running and future walks (delete, usage) stop at their next entry with
+    /// [`FsError::Interrupted`]; for the agent's shutdown.
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Relaxed);
+    }
+
+    fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
+    }
+
+    /// Why an existing directory above a volume is unsafe to build on, if it is: not owned by
+    /// the agent's user, or writable by group or others.
+    fn parent_problem(&self, meta: &Meta) -> Option<String> {
+        if meta.uid != self.owner_uid {
+            Some(format!(
+                "is owned by uid {} instead of the agent's uid {}",
+                meta.uid, self.owner_uid
+            ))
+        } else if meta.mode & 0o022 != 0 {
+            Some(format!(
+                "is writable by group or others (mode {:04o})",
+                meta.perm()
+            ))
+        } else {
+            None
+        }
     }
 
     /// Free and total bytes of the filesystem holding the base (`fstatvfs`).
@@ -271,19 +331,16 @@ impl SafeRoot {
         Ok(FsSpace {
             free_bytes: v.f_bavail.saturating_mul(v.f_frsize),
             total_bytes: v.f_blocks.saturating_mul(v.f_frsize),
+            // Filesystems that allocate inodes as needed (btrfs) report none.
+            free_inodes: (v.f_files > 0).then_some(v.f_favail),
+            total_inodes: (v.f_files > 0).then_some(v.f_files),
         })
     }
 
-    /// Opens (and with `create`, first creates, root-owned, mode 0755) a tenant root.
-    /// `Ok(None)` when it does not exist and `create` is false.
-    fn tenant_root(&self, root: &TenantRoot, create: bool) -> Result<Option<OwnedFd>, FsError> {
+    /// Opens a tenant root; `Ok(None)` when it does not exist.
+    fn open_tenant_root(&self, root: &TenantRoot) -> Result<Option<OwnedFd>, FsError> {
         let shown = root.path().display().to_string();
         let name = cstr(root.dir_name(), &shown)?;
-        if create {
-            return self
-                .ensure_dir_component(self.base.as_fd(), &name, &shown)
-                .map(Some);
-        }
         match open_beneath(self.base.as_fd(), name.as_c_str(), dir_flags(), Mode::empty()) {
             Ok(fd) => Ok(Some(fd)),
             Err(Errno::NOENT) => Ok(None),
@@ -292,13 +349,14 @@ impl SafeRoot {
     }
 
     /// Creates (if missing, mode 0755, owned by the agent's user) and opens one directory
-    /// component. An existing directory is used as it is.
+    /// component above a volume; `true` when it was created. An existing one must be owned by
+    /// the agent's user and not writable by group or others ([`FsError::UnsafeParent`]).
     fn ensure_dir_component(
         &self,
         dir: BorrowedFd<'_>,
         name: &CStr,
         shown: &str,
-    ) -> Result<OwnedFd, FsError> {
+    ) -> Result<(OwnedFd, bool), FsError> {
         let created = match rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o700)) {
             Ok(()) => true,
             Err(Errno::EXIST) => false,
@@ -317,9 +375,14 @@ impl SafeRoot {
         }
         if created {
             rustix::fs::fchmod(&fd, Mode::from_raw_mode(PARENT_DIR_MODE)).map_err(io_err("chmod", shown))?;
-            info!(path = %shown, mode = "0755", "created directory");
+            debug!(path = %shown, mode = "0755", "created directory");
+        } else if let Some(problem) = self.parent_problem(&meta) {
+            return Err(FsError::UnsafeParent {
+                path: shown.to_owned(),
+                problem,
+            });
         }
-        Ok(fd)
+        Ok((fd, created))
     }
 
     /// Turns an `openat2` failure on `dir/name` into an error a user understands.
@@ -366,23 +429,35 @@ impl SafeRoot {
     }
 
     /// Walks to the directory holding the last component. With `create`, missing directories
-    /// (and the tenant root) are created; without it, `Ok(None)` when something is missing.
+    /// (and the tenant root) are created and existing ones must be safe to build on; without
+    /// it, `Ok(None)` when something is missing.
     fn walk_parents(
         &self,
         root: &TenantRoot,
         path: &VolumePath,
         create: bool,
-    ) -> Result<Option<(OwnedFd, String)>, FsError> {
-        let Some(mut dir) = self.tenant_root(root, create)? else {
-            return Ok(None);
-        };
+    ) -> Result<Option<Parents>, FsError> {
+        let mut created = 0;
         let mut shown = root.path().display().to_string();
+        let mut dir = if create {
+            let name = cstr(root.dir_name(), &shown)?;
+            let (fd, new) = self.ensure_dir_component(self.base.as_fd(), &name, &shown)?;
+            created += usize::from(new);
+            fd
+        } else {
+            match self.open_tenant_root(root)? {
+                Some(fd) => fd,
+                None => return Ok(None),
+            }
+        };
         let comps = path.components();
         for c in &comps[..comps.len().saturating_sub(1)] {
             shown = join(&shown, c);
             let name = cstr(c, &shown)?;
             dir = if create {
-                self.ensure_dir_component(dir.as_fd(), &name, &shown)?
+                let (fd, new) = self.ensure_dir_component(dir.as_fd(), &name, &shown)?;
+                created += usize::from(new);
+                fd
             } else {
                 match open_beneath(dir.as_fd(), name.as_c_str(), dir_flags(), Mode::empty()) {
                     Ok(fd) => fd,
@@ -393,165 +468,7 @@ impl SafeRoot {
                 }
             };
         }
-        Ok(Some((dir, shown)))
-    }
-
-    /// Creates the volume if missing (parents as 0755 directories owned by the agent's user),
-    /// then converges its owner and mode. Never replaces an object of another type.
-    pub fn ensure(
-        &self,
-        root: &TenantRoot,
-        path: &VolumePath,
-        spec: &EnsureSpec,
-    ) -> Result<EnsureOutcome, FsError> {
-        let Some((dir, parent_display)) = self.walk_parents(root, path, true)? else {
-            return Err(FsError::Raced {
-                path: root.path().display().to_string(),
-            });
-        };
-        let leaf = last(path);
-        let shown = join(&parent_display, leaf);
-        let name = cstr(leaf, &shown)?;
-        let (fd, created) = match spec.kind {
-            VolumeType::Directory => self.open_or_create_dir(dir.as_fd(), &name, &shown)?,
-            VolumeType::File => self.open_or_create_file(dir.as_fd(), &name, &shown, spec)?,
-        };
-        let meta = fstat(fd.as_fd(), &shown)?;
-        let declared: EntryType = spec.kind.into();
-        if meta.entry_type() != declared {
-            return Err(FsError::TypeMismatch {
-                path: shown,
-                found: meta.entry_type(),
-                declared: spec.kind,
-            });
-        }
-        if meta.entry_type() == EntryType::File && meta.nlink > 1 {
-            return Err(FsError::HardLinked {
-                path: shown,
-                nlink: meta.nlink,
-            });
-        }
-        let owner = spec
-            .owner
-            .or(created.then_some(spec.default_owner))
-            .unwrap_or((meta.uid, meta.gid));
-        let mode = spec.mode.unwrap_or(if created {
-            default_mode(spec.kind)
-        } else {
-            meta.perm()
-        });
-        let mut changed = created;
-        if (meta.uid, meta.gid) != owner {
-            rustix::fs::fchown(&fd, Some(Uid::from_raw(owner.0)), Some(Gid::from_raw(owner.1)))
-                .map_err(io_err("chown", &shown))?;
-            info!(path = %shown, host_uid = owner.0, host_gid = owner.1,
-                  old_uid = meta.uid, old_gid = meta.gid, "changed owner");
-            changed = true;
-        }
-        // chown clears setuid/setgid, so compare against a fresh stat.
-        let now = fstat(fd.as_fd(), &shown)?;
-        if now.perm() != mode {
-            rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode)).map_err(io_err("chmod", &shown))?;
-            info!(path = %shown, mode = %format!("{mode:04o}"),
-                  old_mode = %format!("{:04o}", now.perm()), "changed mode");
-            changed = true;
-        }
-        let meta = fstat(fd.as_fd(), &shown)?;
-        if created {
-            info!(path = %shown, kind = ?spec.kind, host_uid = meta.uid, host_gid = meta.gid,
-                  mode = %format!("{:04o}", meta.perm()), size = meta.size, "created volume");
-        }
-        Ok(EnsureOutcome {
-            meta,
-            created,
-            changed,
-        })
-    }
-
-    fn open_or_create_dir(
-        &self,
-        dir: BorrowedFd<'_>,
-        name: &CStr,
-        shown: &str,
-    ) -> Result<(OwnedFd, bool), FsError> {
-        // 0700 until the owner and mode are set, so no one else can use it in between.
-        let created = match rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o700)) {
-            Ok(()) => true,
-            Err(Errno::EXIST) => false,
-            Err(e) => return Err(io_err("mkdir", shown)(e)),
-        };
-        match open_beneath(dir, name, dir_flags(), Mode::empty()) {
-            Ok(fd) => Ok((fd, created)),
-            Err(e) => Err(self.classify_open_error(dir, name, shown, e, Some(VolumeType::Directory))),
-        }
-    }
-
-    fn open_or_create_file(
-        &self,
-        dir: BorrowedFd<'_>,
-        name: &CStr,
-        shown: &str,
-        spec: &EnsureSpec,
-    ) -> Result<(OwnedFd, bool), FsError> {
-        let create = OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOCTTY;
-        match open_beneath(dir, name, create, Mode::from_raw_mode(0o600)) {
-            Ok(fd) => {
-                if let Some(seed) = &spec.seed {
-                    let bytes = match read_seed(seed) {
-                        Ok(b) => b,
-                        Err(e) => {
-                            // Do not leave an empty file behind that a retry would not seed.
-                            let _ = rustix::fs::unlinkat(dir, name, AtFlags::empty());
-                            return Err(e);
-                        }
-                    };
-                    let mut file = File::from(fd);
-                    if let Err(e) = file.write_all(&bytes).and_then(|()| file.sync_all()) {
-                        let _ = rustix::fs::unlinkat(dir, name, AtFlags::empty());
-                        return Err(io_err("write seed to", shown)(
-                            Errno::from_io_error(&e).unwrap_or(Errno::IO),
-                        ));
-                    }
-                    info!(path = %shown, bytes = bytes.len(), "seeded new file");
-                    return Ok((OwnedFd::from(file), true));
-                }
-                Ok((fd, true))
-            }
-            Err(Errno::EXIST) => {
-                // Look without following or opening anything special, then reopen the very
-                // same inode (through its O_PATH fd) to get an fd that fchmod accepts.
-                let pfd = match open_beneath(dir, name, OFlags::PATH, Mode::empty()) {
-                    Ok(fd) => fd,
-                    Err(e) => {
-                        return Err(self.classify_open_error(dir, name, shown, e, Some(VolumeType::File)));
-                    }
-                };
-                let meta = fstat(pfd.as_fd(), shown)?;
-                match meta.entry_type() {
-                    EntryType::File => {}
-                    EntryType::Symlink => {
-                        return Err(FsError::Symlink {
-                            path: shown.to_owned(),
-                        });
-                    }
-                    found => {
-                        return Err(FsError::TypeMismatch {
-                            path: shown.to_owned(),
-                            found,
-                            declared: VolumeType::File,
-                        });
-                    }
-                }
-                let fd = reopen(&pfd, shown)?;
-                if !fstat(fd.as_fd(), shown)?.same_inode(&meta) {
-                    return Err(FsError::Raced {
-                        path: shown.to_owned(),
-                    });
-                }
-                Ok((fd, false))
-            }
-            Err(e) => Err(self.classify_open_error(dir, name, shown, e, Some(VolumeType::File))),
-        }
+        Ok(Some(Parents { dir, shown, created }))
     }
 }
 
@@ -559,77 +476,7 @@ fn dir_flags() -> OFlags {
     OFlags::DIRECTORY | OFlags::RDONLY
 }
 
-fn default_mode(kind: VolumeType) -> u32 {
-    match kind {
-        VolumeType::Directory => 0o755,
-        VolumeType::File => 0o644,
-    }
-}
-
 fn last(path: &VolumePath) -> &str {
     // A VolumePath always has at least one component (the root itself is refused).
     path.components().last().map(String::as_str).unwrap_or("")
-}
-
-/// Reopens an `O_PATH` fd of a regular file for reading, through its own magic link: the same
-/// inode, with no path lookup an attacker could redirect.
-fn reopen(pfd: &OwnedFd, shown: &str) -> Result<OwnedFd, FsError> {
-    let link = format!("/proc/self/fd/{}", pfd.as_raw_fd());
-    rustix::fs::open(
-        link.as_str(),
-        OFlags::RDONLY | OFlags::NOCTTY | OFlags::NONBLOCK | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(io_err("reopen", shown))
-}
-
-/// Reads seed bytes; a host file must be a regular file no larger than its limit.
-fn read_seed(seed: &SeedSource) -> Result<Vec<u8>, FsError> {
-    match seed {
-        SeedSource::Bytes(b) => Ok(b.clone()),
-        SeedSource::HostFile { path, max_bytes } => {
-            let shown = path.display().to_string();
-            let bad = |why: String| FsError::SeedSource {
-                path: shown.clone(),
-                why,
-            };
-            let file = std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags_nonblock()
-                .open(path)
-                .map_err(|e| bad(format!("cannot open it ({e})")))?;
-            let md = file
-                .metadata()
-                .map_err(|e| bad(format!("cannot stat it ({e})")))?;
-            if !md.is_file() {
-                return Err(bad("it is not a regular file".into()));
-            }
-            if md.len() > *max_bytes {
-                return Err(bad(format!(
-                    "it is {} bytes, more than the {max_bytes}-byte limit",
-                    md.len()
-                )));
-            }
-            let mut buf = Vec::with_capacity(md.len() as usize);
-            file.take(*max_bytes + 1)
-                .read_to_end(&mut buf)
-                .map_err(|e| bad(format!("cannot read it ({e})")))?;
-            if buf.len() as u64 > *max_bytes {
-                return Err(bad(format!("it grew past the {max_bytes}-byte limit")));
-            }
-            Ok(buf)
-        }
-    }
-}
-
-trait NonBlock {
-    fn custom_flags_nonblock(&mut self) -> &mut Self;
-}
-
-impl NonBlock for std::fs::OpenOptions {
-    fn custom_flags_nonblock(&mut self) -> &mut Self {
-        use std::os::unix::fs::OpenOptionsExt;
-        // Never block on a FIFO that an admin mistakenly allowlisted.
-        self.custom_flags((OFlags::NONBLOCK | OFlags::NOCTTY).bits() as i32)
-    }
 }

@@ -1,6 +1,11 @@
-//! The agent's HTTP(S) API: routes, bearer-token authentication and optional TLS.
+//! The agent's HTTP(S) API: routes, bearer-token authentication and optional TLS. The accept
+//! loop, its limits and timeouts are in [`listen`].
 
-use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
+use std::{
+    path::Path,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use axum::{
     Json, Router,
@@ -8,27 +13,32 @@ use axum::{
     http::{HeaderMap, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::{get, put},
+    routing::{get, post, put},
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use subtle::ConstantTimeEq;
-use tokio::{
-    net::{TcpListener, TcpStream},
-    sync::mpsc,
-};
-use tokio_rustls::{TlsAcceptor, server::TlsStream};
-use tracing::{debug, warn};
+use tokio::net::TcpListener;
+use tracing::warn;
 
 use super::{
     AgentError,
-    api::{EnsureVolumeRequest, ErrorBody, ErrorDetail, HEALTH_PATH, HOST_PATH, VOLUMES_PATH, VolumeQuery},
-    ops::{Agent, OpError},
+    api::{
+        BatchResult, DeleteQuery, EnsureBatch, EnsureBatchResult, EnsureBody, ErrorBody, ErrorDetail,
+        HEALTH_PATH, HOST_PATH, MAX_BATCH, USAGE_PATH, UsageRequest, VOLUMES_BATCH_PATH, VOLUMES_PATH,
+        VolumeQuery,
+    },
+    ops::{Agent, DeleteStart, OpError},
 };
+
+mod listen;
+mod transfers;
+
+pub use listen::{Peer, ServeOptions};
 
 /// Largest request body accepted (a seed is at most the agent's limit, 1 MiB by default).
 const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
-/// A TLS handshake slower than this is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// At most one warning per this interval about requests without a valid token (with a count).
+pub const UNAUTHORIZED_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// A bearer token. Compared in constant time; never printed.
 #[derive(Clone)]
@@ -61,6 +71,11 @@ impl Token {
         Ok(Self(Arc::from(t.as_bytes())))
     }
 
+    /// The token's bytes (the key a transfer ticket for this agent is signed with).
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+
     /// Constant-time check of an `Authorization` header value.
     fn matches_header(&self, value: &[u8]) -> bool {
         let Some(presented) = value.strip_prefix(b"Bearer ") else {
@@ -75,6 +90,35 @@ impl Token {
 struct AppState {
     agent: Arc<Agent>,
     token: Token,
+    unauthorized: RateLimited,
+}
+
+/// Counts events and lets one log line through per interval, so a flood of bad requests costs
+/// one line every few seconds, not one each.
+pub struct RateLimited {
+    interval: Duration,
+    state: Mutex<(Option<Instant>, u64)>,
+}
+
+impl RateLimited {
+    pub fn new(interval: Duration) -> Self {
+        Self {
+            interval,
+            state: Mutex::new((None, 0)),
+        }
+    }
+
+    /// Records one event; returns how many happened since the last line when a line is due.
+    pub fn hit(&self) -> Option<u64> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.1 += 1;
+        let due = s.0.is_none_or(|at| at.elapsed() >= self.interval);
+        due.then(|| {
+            let n = s.1;
+            *s = (Some(Instant::now()), 0);
+            n
+        })
+    }
 }
 
 fn error_response(status: StatusCode, code: &str, message: String) -> Response {
@@ -99,7 +143,16 @@ async fn auth(State(st): State<Arc<AppState>>, headers: HeaderMap, req: Request,
         .get(header::AUTHORIZATION)
         .is_some_and(|v| st.token.matches_header(v.as_bytes()));
     if !ok {
-        warn!(method = %req.method(), path = %req.uri().path(), "rejected a request without a valid bearer token");
+        if let Some(count) = st.unauthorized.hit() {
+            let peer = req
+                .extensions()
+                .get::<Peer>()
+                .map(|p| p.0.to_string())
+                .unwrap_or_default();
+            warn!(count, last_peer = %peer, last_method = %req.method(), last_path = %req.uri().path(),
+                  "rejected {count} request(s) without a valid bearer token (at most one such line every {} s)",
+                  UNAUTHORIZED_LOG_INTERVAL.as_secs());
+        }
         let mut resp = error_response(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -141,16 +194,16 @@ async fn host(State(st): State<Arc<AppState>>) -> Response {
 
 async fn ensure(
     State(st): State<Arc<AppState>>,
-    body: Result<Json<EnsureVolumeRequest>, axum::extract::rejection::JsonRejection>,
+    body: Result<Json<EnsureBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    let Json(req) = match body {
+    let Json(body) = match body {
         Ok(b) => b,
         Err(e) => return bad_request(e.body_text()),
     };
     let agent = st.agent.clone();
-    match blocking(move || agent.ensure(&req)).await {
+    match blocking(move || agent.ensure_checked(&body)).await {
         Ok(v) => {
-            let status = if v.created {
+            let status = if v.state.created {
                 StatusCode::CREATED
             } else {
                 StatusCode::OK
@@ -158,6 +211,48 @@ async fn ensure(
             (status, Json(v)).into_response()
         }
         Err(r) => r,
+    }
+}
+
+async fn ensure_batch(
+    State(st): State<Arc<AppState>>,
+    body: Result<Json<EnsureBatch>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(batch) = match body {
+        Ok(b) => b,
+        Err(e) => return bad_request(e.body_text()),
+    };
+    if batch.volumes.len() > MAX_BATCH {
+        return bad_request(format!(
+            "a batch holds at most {MAX_BATCH} volumes, this one {}",
+            batch.volumes.len()
+        ));
+    }
+    let agent = st.agent.clone();
+    let results = tokio::task::spawn_blocking(move || {
+        batch
+            .volumes
+            .iter()
+            .map(|body| match agent.ensure_checked(body) {
+                Ok(v) => BatchResult::Ok(Box::new(v)),
+                Err(e) => BatchResult::Error {
+                    status: e.status(),
+                    error: ErrorDetail {
+                        code: e.code().to_owned(),
+                        message: e.to_string(),
+                    },
+                },
+            })
+            .collect::<Vec<_>>()
+    })
+    .await;
+    match results {
+        Ok(results) => Json(EnsureBatchResult { results }).into_response(),
+        Err(e) => error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("the operation failed unexpectedly ({e}); retry, and report it if it persists"),
+        ),
     }
 }
 
@@ -183,30 +278,65 @@ async fn inspect(State(st): State<Arc<AppState>>, q: QueryResult) -> Response {
     }
 }
 
-async fn delete(State(st): State<Arc<AppState>>, q: QueryResult) -> Response {
-    let Query(q) = match q {
-        Ok(q) => q,
+async fn usage(
+    State(st): State<Arc<AppState>>,
+    body: Result<Json<UsageRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(req) = match body {
+        Ok(b) => b,
         Err(e) => return bad_request(e.body_text()),
     };
     let agent = st.agent.clone();
-    match blocking(move || agent.delete(&q)).await {
+    match blocking(move || agent.usage(&req)).await {
         Ok(v) => Json(v).into_response(),
         Err(r) => r,
     }
 }
 
+async fn delete(
+    State(st): State<Arc<AppState>>,
+    q: Result<Query<DeleteQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Query(q) = match q {
+        Ok(q) => q,
+        Err(e) => return bad_request(e.body_text()),
+    };
+    // The walk runs on a thread of its own; this request waits for it a while, then answers
+    // `delete_in_progress` and the walk goes on (its result waits for the next DELETE).
+    let result = match st.agent.start_delete_checked(&q) {
+        Ok(DeleteStart::Done(result)) => result,
+        Ok(DeleteStart::Pending(mut pending)) => {
+            let _ = tokio::time::timeout(st.agent.config().delete_wait, pending.finished()).await;
+            st.agent.collect_delete(&pending)
+        }
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
 /// The agent's routes. Everything but `/healthz` requires the bearer token.
 pub fn router(agent: Arc<Agent>, token: Token) -> Router {
-    let st = Arc::new(AppState { agent, token });
+    let st = Arc::new(AppState {
+        agent,
+        token,
+        unauthorized: RateLimited::new(UNAUTHORIZED_LOG_INTERVAL),
+    });
     let api = Router::new()
         .route(HOST_PATH, get(host))
         .route(VOLUMES_PATH, put(ensure).get(inspect).delete(delete))
+        .route(VOLUMES_BATCH_PATH, put(ensure_batch))
+        .route(USAGE_PATH, post(usage))
+        .merge(transfers::routes())
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .route_layer(middleware::from_fn_with_state(st.clone(), auth))
-        .with_state(st);
+        .with_state(st.clone());
     Router::new()
         .route(HEALTH_PATH, get(|| async { "ok" }))
         .merge(api)
+        .merge(transfers::ticket_routes(st))
         .fallback(|| async {
             error_response(
                 StatusCode::NOT_FOUND,
@@ -244,87 +374,28 @@ pub fn load_tls(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, Ag
     Ok(Arc::new(config))
 }
 
-/// A listener that hands axum TLS streams. Handshakes run in their own tasks (with a timeout),
-/// so one slow or hostile client cannot stall accepting others.
-pub struct TlsListener {
-    rx: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    local: SocketAddr,
-}
-
-impl TlsListener {
-    pub fn new(tcp: TcpListener, config: Arc<rustls::ServerConfig>) -> std::io::Result<Self> {
-        let local = tcp.local_addr()?;
-        let acceptor = TlsAcceptor::from(config);
-        let (tx, rx) = mpsc::channel(128);
-        tokio::spawn(async move {
-            loop {
-                let accepted = tokio::select! {
-                    r = tcp.accept() => r,
-                    // The server stopped (listener dropped): stop accepting and free the port.
-                    () = tx.closed() => break,
-                };
-                let (stream, addr) = match accepted {
-                    Ok(x) => x,
-                    Err(e) => {
-                        warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let acceptor = acceptor.clone();
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => {
-                            let _ = tx.send((tls, addr)).await;
-                        }
-                        Ok(Err(e)) => debug!(peer = %addr, error = %e, "TLS handshake failed"),
-                        Err(_) => debug!(peer = %addr, "TLS handshake timed out"),
-                    }
-                });
-            }
-        });
-        Ok(Self { rx, local })
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.rx.recv().await {
-            Some(x) => x,
-            // The accept task only ends when this listener is dropped.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
-    }
-}
-
-/// Serves the API on `listener` (TLS when `tls` is set) until `shutdown` resolves.
+/// Serves the API on `listener` (TLS when `tls` is set) with the default [`ServeOptions`] until
+/// `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), AgentError> {
-    match tls {
-        Some(cfg) => {
-            let l = TlsListener::new(listener, cfg).map_err(AgentError::Serve)?;
-            axum::serve(l, router)
-                .with_graceful_shutdown(shutdown)
-                .await
-                .map_err(AgentError::Serve)
-        }
-        None => axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(AgentError::Serve),
-    }
+    serve_with(listener, router, tls, ServeOptions::default(), shutdown).await
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then stops accepting, lets requests
+/// in flight finish for at most [`ServeOptions::shutdown_timeout`], and returns.
+pub async fn serve_with(
+    listener: TcpListener,
+    router: Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    options: ServeOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), AgentError> {
+    listen::serve(listener, router, tls, options, shutdown).await;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -346,5 +417,17 @@ mod tests {
             !format!("{t:?}").contains("0123"),
             "the token must not be printed"
         );
+    }
+
+    #[test]
+    fn rate_limited_lets_one_line_through_per_interval_with_a_count() {
+        let r = RateLimited::new(Duration::from_millis(200));
+        assert_eq!(r.hit(), Some(1), "the first event is logged at once");
+        for _ in 0..49 {
+            assert_eq!(r.hit(), None);
+        }
+        std::thread::sleep(Duration::from_millis(250));
+        assert_eq!(r.hit(), Some(50), "the next line counts the suppressed events");
+        assert_eq!(r.hit(), None);
     }
 }

@@ -13,6 +13,11 @@ use std::{
 use berth::agent::{Agent, AgentConfig, Token, remap::IdMap, server};
 use tempfile::TempDir;
 
+#[path = "../support/loopfs.rs"]
+pub mod loopfs;
+pub mod migration;
+pub mod process;
+
 pub const TOKEN: &str = "test-token-0123456789abcdef";
 
 /// Fails loudly (never skips) when not root: these tests chown, mknod and mount for real.
@@ -41,6 +46,7 @@ pub fn config(base: &Path, uid_map: IdMap, gid_map: IdMap) -> AgentConfig {
         remap_source: "test ranges".into(),
         seed_allow: Vec::new(),
         max_seed_bytes: 1024 * 1024,
+        ..AgentConfig::default()
     }
 }
 
@@ -174,13 +180,31 @@ impl Drop for Server {
 }
 
 pub async fn start_server(agent: Arc<Agent>, tls: Option<Arc<rustls::ServerConfig>>) -> Server {
+    start_server_with(agent, tls, server::ServeOptions::default()).await
+}
+
+pub async fn start_server_with(
+    agent: Arc<Agent>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    options: server::ServeOptions,
+) -> Server {
+    start_server_as(agent, tls, options, TOKEN).await
+}
+
+/// A server whose bearer token is `token` (agents of different hosts have different tokens).
+pub async fn start_server_as(
+    agent: Arc<Agent>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    options: server::ServeOptions,
+    token: &str,
+) -> Server {
     berth::tls::install_crypto_provider();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let router = server::router(agent, Token::new(TOKEN).unwrap());
+    let router = server::router(agent, Token::new(token).unwrap());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
-        server::serve(listener, router, tls, async {
+        server::serve_with(listener, router, tls, options, async {
             let _ = rx.await;
         })
         .await
@@ -224,4 +248,77 @@ pub fn mode_of(p: &Path) -> u32 {
 pub fn owner_of(p: &Path) -> (u32, u32) {
     let md = std::fs::symlink_metadata(p).unwrap();
     (md.uid(), md.gid())
+}
+
+/// Makes a CA and a server certificate for 127.0.0.1 with openssl(1).
+pub fn make_certs(dir: &Path) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl(1) is needed for the TLS test");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=berth test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "agent.key",
+        "-out",
+        "agent.csr",
+        "-subj",
+        "/CN=agent",
+    ]);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "agent.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "agent.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
 }
