@@ -8,6 +8,7 @@ pub mod agent;
 pub mod controller;
 pub mod crd;
 pub mod marathon;
+pub mod report;
 pub mod telemetry;
 pub mod tenant;
 pub mod tls;

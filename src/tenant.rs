@@ -17,6 +17,9 @@ use thiserror::Error;
 pub const MAX_COMPONENT_BYTES: usize = 255;
 /// Longest path the kernel accepts (`PATH_MAX`, including the terminating NUL).
 pub const MAX_PATH_BYTES: usize = 4096;
+/// Most components a user path may have. The agent creates one directory per missing parent, so
+/// this bounds the work (and the log) of one request; the CRD carries the same limit.
+pub const MAX_PATH_COMPONENTS: usize = 32;
 /// The default root of a tenant's files on every host.
 pub const DEFAULT_ROOT_TEMPLATE: &str = "/containerdata/user-{tenant}";
 /// The default Marathon group a tenant's apps must live in.
@@ -27,7 +30,7 @@ const TENANT_PLACEHOLDER: &str = "{tenant}";
 /// Why a tenant, path, template or app id was refused. Messages are shown to users as-is.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum PathError {
-    #[error("is empty")]
+    #[error("is empty: give an absolute path such as /var/lib/data")]
     Empty,
     #[error("must be an absolute path starting with '/' (got {0:?})")]
     NotAbsolute(String),
@@ -43,6 +46,12 @@ pub enum PathError {
     NonAscii(char),
     #[error("has a component of {len} bytes; the limit is {MAX_COMPONENT_BYTES}")]
     ComponentTooLong { len: usize },
+    #[error(
+        "has a component that starts or ends with a space ({0:?}): such names are easy to mistake; remove the space"
+    )]
+    EdgeSpace(String),
+    #[error("has {count} components; the limit is {MAX_PATH_COMPONENTS}")]
+    TooManyComponents { count: usize },
     #[error("is {len} bytes long; the limit is {limit}")]
     TooLong { len: usize, limit: usize },
     #[error(
@@ -55,6 +64,10 @@ pub enum PathError {
         "app {app:?} is outside the tenant's Marathon group {group:?}: a tenant may only use apps under its own group"
     )]
     AppOutsideGroup { app: String, group: String },
+    #[error(
+        "{group:?} is the tenant's Marathon group itself, not an app: name an app inside {group}/, e.g. {group}/web"
+    )]
+    AppIsGroup { group: String },
     #[error("template {0:?} is invalid: {1}")]
     BadTemplate(String, &'static str),
 }
@@ -117,13 +130,20 @@ impl VolumePath {
                 limit: MAX_PATH_BYTES - 1,
             });
         }
-        let mut components = Vec::new();
+        let count = s.split('/').filter(|c| !c.is_empty()).count();
+        if count > MAX_PATH_COMPONENTS {
+            return Err(PathError::TooManyComponents { count });
+        }
+        let mut components = Vec::with_capacity(count);
         for c in s.split('/').filter(|c| !c.is_empty()) {
             match c {
                 "." => return Err(PathError::Dot),
                 ".." => return Err(PathError::DotDot),
                 _ if c.len() > MAX_COMPONENT_BYTES => {
                     return Err(PathError::ComponentTooLong { len: c.len() });
+                }
+                _ if c.starts_with(' ') || c.ends_with(' ') => {
+                    return Err(PathError::EdgeSpace(c.to_owned()));
                 }
                 _ => components.push(c.to_owned()),
             }
@@ -308,6 +328,9 @@ impl AppGroupRule {
     pub fn check(&self, tenant: &TenantId, app: &str) -> Result<MarathonAppId, PathError> {
         let id = MarathonAppId::parse(app)?;
         let group = self.group(tenant);
+        if id.0 == group {
+            return Err(PathError::AppIsGroup { group });
+        }
         let inside =
             id.0.strip_prefix(&group)
                 .is_some_and(|rest| rest.starts_with('/') && rest.len() > 1);
@@ -358,7 +381,17 @@ impl NamespaceMapping {
                 "namespace {namespace:?} is not mapped to a tenant; ask the platform team to add it to the controller's tenant map"
             ));
         }
-        TenantId::parse(namespace).map_err(|e| format!("namespace {namespace:?} cannot be a tenant: {e}"))
+        let tenant = TenantId::parse(namespace)
+            .map_err(|e| format!("namespace {namespace:?} cannot be a tenant: {e}"))?;
+        // An explicit mapping reserves its tenant: a namespace that happens to bear the tenant's
+        // name must not reach that tenant's root and apps too.
+        if let Some((mapped, _)) = self.explicit.iter().find(|(_, t)| **t == tenant) {
+            return Err(format!(
+                "namespace {namespace:?} cannot be tenant {tenant}: the operator maps namespace {mapped:?} to that \
+                 tenant; ask the platform team to map this namespace"
+            ));
+        }
+        Ok(tenant)
     }
 }
 

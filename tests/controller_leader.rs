@@ -96,7 +96,10 @@ async fn one_replica_leads_and_the_other_takes_over() {
     let api: Api<StatefulLocalVolume> = Api::namespaced(client.clone(), &ns);
     volume(&api, "one", &app, "/one").await;
     wait_ready(&api, "one").await;
-    assert!(first.log_text().contains("reconcile"), "the leader did the work");
+    assert!(
+        first.log_text().contains("updated the Marathon app"),
+        "the leader did the work"
+    );
     assert!(
         !second.log_text().contains("updated the Marathon app"),
         "the standby wrote nothing"

@@ -4,162 +4,17 @@
 //! directory. Each scenario asserts the Marathon app, the files on the host and the status.
 mod support;
 mod support_helm;
+mod support_scenario;
 
 use std::{os::unix::fs::MetadataExt, time::Duration};
 
-use berth::crd::StatefulLocalVolume;
 use kube::{Api, ResourceExt, api::DeleteParams};
 use serde_json::{Value, json};
 use support::{
-    admin_client, install_crd, namespace,
-    stack::{ControllerProcess, REMAP_BASE, Stack, StackOptions, eventually},
+    admin_client,
+    stack::{REMAP_BASE, StackOptions, eventually},
 };
-
-struct Scenario {
-    ns: String,
-    api: Api<StatefulLocalVolume>,
-    stack: Stack,
-    http: reqwest::Client,
-}
-
-impl Scenario {
-    async fn start(hosts: &[&str]) -> Scenario {
-        Scenario::start_with(hosts, StackOptions::default()).await
-    }
-
-    async fn start_with(hosts: &[&str], options: StackOptions) -> Scenario {
-        let client = admin_client().await;
-        install_crd(&client).await;
-        support_helm::grant_chart_rbac_once(&client).await;
-        let ns = namespace(&client, "toto").await;
-        let api = Api::namespaced(client, &ns);
-        let stack = Stack::start_with(hosts, options).await;
-        Scenario {
-            ns,
-            api,
-            stack,
-            http: reqwest::Client::new(),
-        }
-    }
-
-    /// A stack with a running Docker app `/<tenant>/<name>` and a controller for the tenant.
-    async fn with_running_app(hosts: &[&str], name: &str) -> (Scenario, String, ControllerProcess) {
-        let s = Scenario::start(hosts).await;
-        let id = s.app_id(name);
-        s.create_app(docker_app(&id)).await;
-        s.wait_app_settled(&id).await;
-        let ctl = s.controller().await;
-        (s, id, ctl)
-    }
-
-    async fn controller(&self) -> ControllerProcess {
-        self.stack.controller(&self.ns, &[]).await
-    }
-
-    fn app_id(&self, name: &str) -> String {
-        format!("/{}/{name}", self.ns)
-    }
-
-    async fn create_app(&self, app: Value) {
-        self.stack.create_app(&app).await;
-    }
-
-    async fn app(&self, id: &str) -> Value {
-        self.stack.app(id).await
-    }
-
-    /// App writes to Marathon (PUT/PATCH of the app, restarts), counted from the simulator's log.
-    fn app_writes(&self, id: &str) -> usize {
-        self.stack
-            .sim
-            .write_requests()
-            .iter()
-            .filter(|r| r.path == format!("/v2/apps{id}") || r.path == format!("/v2/apps{id}/restart"))
-            .filter(|r| r.method != "POST" || r.path.ends_with("/restart"))
-            .count()
-    }
-
-    async fn apply(&self, name: &str, spec: Value) {
-        support::create_volume(&self.api, name, spec).await;
-    }
-
-    async fn condition(&self, name: &str, type_: &str) -> Option<(String, String, String)> {
-        let v = self.api.get(name).await.ok()?;
-        let c = v.status?.conditions.into_iter().find(|c| c.type_ == type_)?;
-        Some((c.status, c.reason, c.message))
-    }
-
-    /// Waits for `Ready` with this reason; returns the volume.
-    async fn wait_reason(&self, name: &str, reason: &str, secs: u64) -> StatefulLocalVolume {
-        eventually(secs, &format!("{name} to have Ready reason {reason}"), || async {
-            let v = self.api.get(name).await.ok()?;
-            let ready = v
-                .status
-                .as_ref()?
-                .conditions
-                .iter()
-                .find(|c| c.type_ == "Ready")?;
-            (ready.reason == reason).then_some(v)
-        })
-        .await
-    }
-
-    async fn wait_bound(&self, name: &str) -> StatefulLocalVolume {
-        self.wait_reason(name, "Bound", 60).await
-    }
-
-    /// Waits until the app's deployments are done and its tasks run.
-    async fn wait_app_settled(&self, id: &str) -> Value {
-        eventually(30, "the app to settle", || async {
-            let app = self.app(id).await;
-            let settled = app["deployments"].as_array().is_some_and(|d| d.is_empty())
-                && app["tasks"].as_array().is_some_and(|t| !t.is_empty());
-            settled.then_some(app)
-        })
-        .await
-    }
-}
-
-fn docker_app(id: &str) -> Value {
-    json!({
-        "id": id, "cmd": "serve", "cpus": 0.1, "mem": 64, "instances": 1,
-        "container": {"type": "DOCKER", "docker": {"image": "busybox"}},
-        "env": {"KEEP": "me"}, "labels": {"team": "toto"},
-        "healthChecks": [{"protocol": "COMMAND", "command": {"value": "true"}}]
-    })
-}
-
-/// [`docker_app`] with no instance: it runs nowhere yet, so berth must choose its host.
-fn idle_docker_app(id: &str) -> Value {
-    let mut app = docker_app(id);
-    app["instances"] = json!(0);
-    app
-}
-
-/// The volume's Ready condition.
-fn ready(v: StatefulLocalVolume) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
-    v.status
-        .expect("a status")
-        .conditions
-        .into_iter()
-        .find(|c| c.type_ == "Ready")
-        .expect("a Ready condition")
-}
-
-fn host_volumes(app: &Value) -> Vec<Value> {
-    app["container"]["volumes"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
-
-fn constraints(app: &Value) -> Vec<Value> {
-    app["constraints"].as_array().cloned().unwrap_or_default()
-}
-
-fn pin(host: &str) -> Value {
-    json!(["hostname", "CLUSTER", host])
-}
+use support_scenario::{Scenario, constraints, docker_app, host_volumes, idle_docker_app, pin, ready};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_seeds_four_problems_are_solved() {
@@ -330,19 +185,18 @@ async fn drift_is_restored_and_recorded() {
     assert_eq!(host_volumes(&app)[0]["containerPath"], "/data");
     // And the data on the host was never touched.
     assert!(s.stack.host(&host).tenant_path(&s.ns, "/data").is_dir());
-    // The repair is on record: a second AppUpdated event (the first mounted the volume).
+    // The repair is on record: an AppUpdated event (binding itself is told by Provisioned and
+    // Bound), saying which fields berth restored.
     let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(admin_client().await, &s.ns);
-    eventually(10, "an AppUpdated event for the repair", || async {
+    let note = eventually(10, "an AppUpdated event for the repair", || async {
         let list = events.list(&Default::default()).await.ok()?;
-        let updates: i32 = list
-            .items
+        list.items
             .iter()
-            .filter(|e| e.reason.as_deref() == Some("AppUpdated"))
-            .map(|e| e.series.as_ref().map_or(1, |s| s.count))
-            .sum();
-        (updates >= 2).then_some(())
+            .find(|e| e.reason.as_deref() == Some("AppUpdated"))
+            .and_then(|e| e.note.clone())
     })
     .await;
+    assert!(note.contains("volumes") && note.contains("constraints"), "{note}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -417,7 +271,7 @@ async fn marathon_down_then_up() {
     s.wait_app_settled(&id).await;
     // Marathon answers 503 to everything until the test says otherwise.
     s.stack.sim.inject_faults(100_000, Some(503), Duration::ZERO);
-    let _ctl = s.controller().await;
+    let ctl = s.controller().await;
     s.apply(
         "data",
         json!({"app": id, "containerPath": "/data", "hostPath": "/data"}),
@@ -425,6 +279,19 @@ async fn marathon_down_then_up() {
     .await;
     let message = ready(s.wait_reason("data", "MarathonUnavailable", 30).await).message;
     assert!(message.contains("503"), "{message}");
+    // The failures are counted as what they are: Marathon failing, a transient failure.
+    let metrics = reqwest::get(format!("{}/metrics", ctl.metrics))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let failures: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("berth_reconcile_errors_total{kind=\"marathon\",class=\"transient\"}"))
+        .and_then(|l| l.rsplit_once(' ')?.1.parse().ok())
+        .unwrap_or(0.0);
+    assert!(failures >= 1.0, "{metrics}");
     // Without Marathon, berth cannot know where the app runs: nothing is placed or created.
     assert_eq!(s.api.get("data").await.unwrap().status.unwrap().host, None);
     assert!(!s.stack.host("node-1").tenant_path(&s.ns, "/data").exists());
@@ -451,9 +318,24 @@ async fn a_lost_agent_is_reported_and_nothing_is_deleted() {
     let writes_before = s.app_writes(&id);
 
     s.stack.host_mut("node-1").stop_agent();
-    let ready = ready(s.wait_reason("data", "HostUnavailable", 30).await);
-    assert_eq!(ready.status, "False");
-    assert!(ready.message.contains("no data is touched"), "{}", ready.message);
+    // The data and its mount are as they were: Ready stays True (GitOps tools see no failure),
+    // and Synced says berth cannot check the host.
+    let v = s.wait_condition("data", "Synced", "HostUnavailable", 30).await;
+    let synced = v
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Synced")
+        .unwrap();
+    assert_eq!(synced.status, "False");
+    assert!(
+        synced.message.contains("no data is touched"),
+        "{}",
+        synced.message
+    );
+    assert_eq!(ready(v).status, "True");
     // The app stays pinned and mounted, unchanged.
     let app = s.app(&id).await;
     assert_eq!(constraints(&app), constraints(&app_before));
@@ -677,8 +559,20 @@ async fn a_pinned_app_whose_host_is_gone_is_reported_unschedulable() {
     // node-2's Mesos agent goes away: Marathon cannot place the task anywhere else (the data is
     // on node-2), and berth says so instead of moving it.
     s.stack.sim.set_agent_up("node-2", false);
-    let ready = ready(s.wait_reason("data", "Unschedulable", 30).await);
-    assert!(ready.message.contains("node-2"), "{}", ready.message);
+    // The data and its mount are fine (Ready stays True); the app cannot run: AppRunning says
+    // why.
+    let v = s.wait_condition("data", "AppRunning", "Unschedulable", 30).await;
+    let running = v
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "AppRunning")
+        .unwrap();
+    assert_eq!(running.status, "False");
+    assert!(running.message.contains("node-2"), "{}", running.message);
+    assert_eq!(ready(v).status, "True");
     let app = s.app(&id).await;
     assert_eq!(constraints(&app), vec![pin("node-2")], "the pin stays");
     s.stack.sim.set_agent_up("node-2", true);
@@ -717,18 +611,26 @@ async fn kubectl_wait_and_events_tell_the_story() {
     );
 
     let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(admin_client().await, &s.ns);
-    let reasons = eventually(10, "events", || async {
+    // One event tells the story of a binding: where the data was created (and why there), and
+    // where the app mounts it. Becoming Ready is in the conditions, not in a second event.
+    let notes = eventually(10, "events", || async {
         let list = events.list(&Default::default()).await.ok()?;
-        let reasons: Vec<String> = list.items.iter().filter_map(|e| e.reason.clone()).collect();
-        reasons.contains(&"Bound".to_string()).then_some(reasons)
+        let notes: Vec<(String, String)> = list
+            .items
+            .into_iter()
+            .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+            .collect();
+        (!notes.is_empty()).then_some(notes)
     })
     .await;
-    for expected in ["Placed", "Provisioned", "AppUpdated", "Bound"] {
-        assert!(
-            reasons.iter().any(|r| r == expected),
-            "missing event {expected}: {reasons:?}"
-        );
-    }
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    let (reason, note) = &notes[0];
+    assert_eq!(reason, "Provisioned");
+    assert!(note.starts_with("created "), "{note}");
+    assert!(
+        note.ends_with(&format!("on node-1, where the app runs; {id} mounts it at /data")),
+        "{note}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -94,10 +94,8 @@ async fn every_example_applies_through_an_overlay() {
         ),
     )
     .unwrap();
-    // 1.20's kubectl-side validation does not know the CRD's CEL fields: validate on the server.
-    let out = run(support::kubectl()
-        .args(["apply", "--validate=false", "-k"])
-        .arg(&overlay));
+    // With kubectl's schema validation on, as users should apply them (it catches typos).
+    let out = run(support::kubectl().args(["apply", "-k"]).arg(&overlay));
     assert_eq!(out.matches("created").count(), example_files().len(), "{out}");
     std::fs::remove_dir_all(&overlay).unwrap();
 
@@ -138,9 +136,7 @@ async fn every_example_applies_through_an_overlay() {
         ),
     )
     .unwrap();
-    let again = run(support::kubectl()
-        .args(["apply", "--validate=false", "-k"])
-        .arg(&overlay2));
+    let again = run(support::kubectl().args(["apply", "-k"]).arg(&overlay2));
     std::fs::remove_dir_all(&overlay2).unwrap();
     assert_eq!(
         again.matches("unchanged").count(),

@@ -290,11 +290,18 @@ fn defaults_render_a_hardened_single_controller() {
     assert_eq!(parsed.resync, std::time::Duration::from_secs(300));
     assert_eq!(parsed.debounce, std::time::Duration::from_secs(1));
     assert_eq!(parsed.listen.port(), 8080);
+    // A token per host, derived from the secret the chart mounts.
     assert_eq!(
-        parsed.agent_token_file.as_deref(),
+        parsed.agent_secret_file.as_deref(),
         Some(Path::new("/etc/berth/agent/token"))
     );
+    assert_eq!(parsed.agent_token_file, None);
     assert!(!parsed.leader_elect);
+    // Agents from the agent's own Marathon app, and only namespaces the operator maps.
+    assert_eq!(parsed.agent_app.as_deref(), Some("/berth.system/agent"));
+    assert!(parsed.agents.is_empty());
+    assert!(parsed.mapped_namespaces_only);
+    assert!(parsed.tenant_map.is_empty());
     assert!(
         of_kind(&objects, "Role").is_empty(),
         "no Lease access without leader election"
@@ -388,8 +395,19 @@ async fn install_with_defaults() {
     let client = support::admin_client().await;
     let ns = support::namespace(&client, "helm").await;
     let rel = release_name(&ns);
-    support_helm::release("install", support::kubeconfig(), &rel, &ns, &json!({}), &[])
+    let release = support_helm::release("install", support::kubeconfig(), &rel, &ns, &json!({}), &[])
         .unwrap_or_else(|e| panic!("helm install: {e}"));
+    // The notes say what the defaults do: agents from their app, no namespace served yet.
+    let release: Value = serde_json::from_str(&release).expect("release JSON");
+    let notes = release["info"]["notes"].as_str().unwrap_or_default();
+    assert!(
+        notes.contains("Agents: the tasks of Marathon app /berth.system/agent (port 8443)"),
+        "{notes}"
+    );
+    assert!(
+        notes.contains("WARNING: no namespace is mapped to a tenant yet, so berth refuses every volume"),
+        "{notes}"
+    );
 
     let deployment = get_deployment(&client, &ns, &rel).await;
     let c = container(&deployment);
@@ -494,7 +512,7 @@ async fn install_with_a_values_file_then_upgrade() {
             ("node-2".to_string(), "https://10.0.0.2:8443".to_string())
         ]
     );
-    assert_eq!(parsed.agent_app.as_deref(), Some("/berth/agent"));
+    assert_eq!(parsed.agent_app.as_deref(), Some("/berth.system/agent"));
     assert_eq!(parsed.agent_port, 9443);
     assert_eq!(
         parsed.agent_ca_file.as_deref(),

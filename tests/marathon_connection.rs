@@ -79,6 +79,30 @@ async fn all_urls_down_is_a_retryable_connect_error() {
     assert!(error.to_string().contains("check the URL"), "{error}");
 }
 
+/// The message says why (the OS's "Connection refused"), and names the URL once: reqwest's own
+/// message ("error sending request for url (…)") repeated the URL and left the cause out.
+#[tokio::test]
+async fn a_refused_connection_says_so_once_with_the_url_once() {
+    let url = dead_url().await;
+    let client = client(MarathonConfig::new([url.clone()]));
+    let error = client.get_app("/toto/web").await.unwrap_err();
+    assert!(matches!(error, MarathonError::Connect { .. }), "{error:?}");
+    let text = error.to_string();
+    eprintln!("{text}");
+    assert_eq!(text.matches("Connection refused").count(), 1, "{text}");
+    assert_eq!(text.matches(url.as_str()).count(), 1, "{text}");
+    // Printed as berth prints errors (with every cause), nothing is repeated.
+    let printed = berth::report::error_chain(&error);
+    assert_eq!(printed, text);
+    // As the controller wraps it (its error keeps the Marathon error as its source).
+    #[derive(Debug, thiserror::Error)]
+    #[error("Marathon: {0}")]
+    struct Wrapped(#[from] MarathonError);
+    let printed = berth::report::error_chain(&Wrapped(error));
+    assert_eq!(printed.matches("Connection refused").count(), 1, "{printed}");
+    assert_eq!(printed.matches(url.as_str()).count(), 1, "{printed}");
+}
+
 #[tokio::test]
 async fn basic_auth() {
     let sim = sim_with(Config {

@@ -48,7 +48,12 @@ async fn events_are_typed() {
     let sim = sim().await;
     let client = client(vec![sim.url()]);
     let mut stream = client.events_with_backoff(&[], FAST);
-    assert_eq!(next(&mut stream).await, MarathonEvent::StreamAttached);
+    assert_eq!(next(&mut stream).await, MarathonEvent::Connected);
+    assert_eq!(
+        next(&mut stream).await,
+        MarathonEvent::StreamAttached,
+        "unfiltered, Marathon's own attachment comes through"
+    );
     let created = client
         .create_app(&App::docker("/toto/web", "busybox", 1))
         .await
@@ -88,7 +93,7 @@ async fn event_type_filters_are_sent() {
     let sim = sim().await;
     let client = client(vec![sim.url()]);
     let mut stream = client.events_with_backoff(&["deployment_success", "deployment_failed"], FAST);
-    assert_eq!(next(&mut stream).await, MarathonEvent::StreamAttached);
+    assert_eq!(next(&mut stream).await, MarathonEvent::Connected);
     client.create_app(&App::docker("/a", "busybox", 1)).await.unwrap();
     assert!(
         matches!(next(&mut stream).await, MarathonEvent::DeploymentSuccess(_)),
@@ -107,10 +112,12 @@ async fn stream_reconnects_after_the_server_drops_it() {
     let sim = sim().await;
     let client = client(vec![sim.url()]);
     let mut stream = client.events_with_backoff(&["api_post_event"], FAST);
-    assert_eq!(next(&mut stream).await, MarathonEvent::StreamAttached);
+    assert_eq!(next(&mut stream).await, MarathonEvent::Connected);
     sim.drop_event_streams();
-    // The next event is a fresh attachment: the consumer knows to re-read state.
-    assert_eq!(next(&mut stream).await, MarathonEvent::StreamAttached);
+    // The break and the new connection are announced although the filter hides Marathon's
+    // own `event_stream_attached`: the consumer knows to re-read state.
+    assert_eq!(next(&mut stream).await, MarathonEvent::Disconnected);
+    assert_eq!(next(&mut stream).await, MarathonEvent::Connected);
     assert_eq!(stream.reconnects(), 1);
     client
         .create_app(&App::docker("/after", "busybox", 0))
@@ -125,9 +132,10 @@ async fn stream_fails_over_to_the_next_marathon() {
     let second = sim().await;
     let client = client(vec![first.url(), second.url()]);
     let mut stream = client.events_with_backoff(&["api_post_event"], FAST);
-    assert_eq!(next(&mut stream).await, MarathonEvent::StreamAttached);
+    assert_eq!(next(&mut stream).await, MarathonEvent::Connected);
     first.shutdown().await;
-    assert_eq!(next(&mut stream).await, MarathonEvent::StreamAttached);
+    assert_eq!(next(&mut stream).await, MarathonEvent::Disconnected);
+    assert_eq!(next(&mut stream).await, MarathonEvent::Connected);
     client
         .create_app(&App::docker("/moved", "busybox", 0))
         .await
@@ -165,6 +173,7 @@ async fn redirect_to_the_leader_keeps_credentials() {
     })
     .unwrap();
     let mut stream = client.events_with_backoff(&["event_stream_attached"], FAST);
+    assert_eq!(next(&mut stream).await, MarathonEvent::Connected);
     assert_eq!(next(&mut stream).await, MarathonEvent::StreamAttached);
     assert!(
         leader.requests().iter().any(|r| r.path == "/v2/events"),

@@ -1,16 +1,29 @@
-//! The controller's own admission of a volume: the spec rules (`crd::validate`), and a rule no
-//! schema can check because it spans volumes: within a tenant, no read-write volume may contain
-//! another volume's host path. A container with write access to an ancestor of another mount's
-//! source could swap a directory for a symlink before the next mount and make Docker bind
-//! whatever the link points at (host-safety reference, §1.3). And a rule only the status knows:
-//! once a volume holds data, its `hostPath` is where that data is and cannot change.
+//! The controller's own admission of a volume (pure): the spec rules (`crd::validate`), and rules
+//! no schema can check because they span volumes or time.
+//!
+//! - **No volume inside another volume of the tenant.** A container with write access to an
+//!   ancestor of another mount's source could swap a directory for a symlink before the next
+//!   mount and make Docker bind whatever the link points at (host-safety reference, §1.3), and a
+//!   volume's directory belongs to its containers. Two volumes may share one path only when both
+//!   are read-only. Every volume of the tenant counts, whatever its age, until its finalizer is
+//!   gone (a volume being deleted is still mounted until berth removed it from its app). When
+//!   two volumes conflict, the one already admitted in its current form keeps working and the
+//!   edit or the newcomer is refused — the change that would widen access, never the older
+//!   volume.
+//! - **What is bound stays bound.** Once berth bound a volume's data, its app, its `hostPath`
+//!   and its `type` cannot change: a new app or path would mount an empty path where the data
+//!   was. (The CRD's CEL rules say the same on servers that run CEL.)
+
+use std::sync::Arc;
 
 use kube::ResourceExt;
 
-use super::context::Context;
 use crate::{
-    crd::{StatefulLocalVolume, validate::VolumeRequest, validate::validate},
-    tenant::VolumePath,
+    crd::{
+        StatefulLocalVolume,
+        validate::{TenantPolicy, VolumeRequest, validate},
+    },
+    tenant::{NamespaceMapping, TenantId, VolumePath},
 };
 
 /// A volume as the overlap rule sees it.
@@ -22,30 +35,67 @@ pub struct Claim {
     pub read_only: bool,
 }
 
-/// Why `me` may not use its host path, given the tenant's volumes that came before it.
-pub fn nested_conflict(me: &Claim, earlier: &[Claim]) -> Option<String> {
-    earlier.iter().find_map(|other| {
-        if other.host_path.contains(&me.host_path) && !other.read_only {
-            Some(format!(
-                "spec.hostPath: {} lies inside {}, the host path of volume {}, which is mounted read-write; \
-                 its container could replace a directory with a symlink and redirect this mount. Use a path \
-                 outside it",
-                me.host_path, other.host_path, other.name
-            ))
-        } else if me.host_path.contains(&other.host_path) && !me.read_only {
-            Some(format!(
-                "spec.hostPath: {} contains {}, the host path of volume {}; mounted read-write, this volume's \
-                 container could replace a directory with a symlink and redirect that mount. Use a path outside \
-                 it, or make this volume readOnly",
-                me.host_path, other.host_path, other.name
-            ))
-        } else {
-            None
-        }
+/// Why `me` and `other` may not both exist, if they conflict.
+///
+/// A volume's directory belongs to its containers (its owner is the container user), so no
+/// other volume may lie inside it: the inner volume's parent would be writable by a container,
+/// which could swap a path component for a symlink before the next mount and redirect it (and
+/// the agent refuses such a parent). Two volumes at the same path share their data: only
+/// read-only in both.
+pub fn nested_conflict(me: &Claim, other: &Claim) -> Option<String> {
+    if me.host_path == other.host_path {
+        return (!me.read_only || !other.read_only).then(|| {
+            format!(
+                "spec.hostPath: {} is also the host path of volume {}; two volumes may share a path only \
+                 when both are readOnly. Use another path, or make both volumes readOnly",
+                me.host_path, other.name
+            )
+        });
+    }
+    if other.host_path.contains(&me.host_path) {
+        Some(format!(
+            "spec.hostPath: {} lies inside {}, the host path of volume {}; a volume's directory belongs to \
+             its containers, which could replace a directory with a symlink and redirect this mount. Use \
+             a path outside it",
+            me.host_path, other.host_path, other.name
+        ))
+    } else if me.host_path.contains(&other.host_path) {
+        Some(format!(
+            "spec.hostPath: {} contains {}, the host path of volume {}; this volume's containers could \
+             replace a directory with a symlink and redirect that mount. Use a path outside it",
+            me.host_path, other.host_path, other.name
+        ))
+    } else {
+        None
+    }
+}
+
+/// Whether berth admitted the volume in its current form (its latest generation): such a volume
+/// wins a conflict against an edit or a newcomer.
+pub fn admitted_as_is(v: &StatefulLocalVolume) -> bool {
+    v.status.as_ref().is_some_and(|s| {
+        s.observed_generation.is_some()
+            && s.observed_generation == v.metadata.generation
+            && s.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.reason != "InvalidSpec")
     })
 }
 
-/// Why `req` may not be used for a volume whose data is at `bound` (its `status.hostPath`).
+/// Which of two conflicting volumes must give way: true when `me` does.
+fn me_gives_way(me: &StatefulLocalVolume, other: &StatefulLocalVolume) -> bool {
+    match (admitted_as_is(me), admitted_as_is(other)) {
+        (true, false) => false,
+        (false, true) => true,
+        // Both new (or both admitted under older rules): the later one gives way.
+        _ => {
+            let order = |v: &StatefulLocalVolume| (v.creation_timestamp(), v.namespace(), v.name_any());
+            order(me) > order(other)
+        }
+    }
+}
+
+/// Why `req` may not be used for a volume whose data is at `bound` (its recorded host path).
 ///
 /// `bound` is the path the host's agent reported: the tenant root as that agent sees it, then
 /// the user's path. The controller's root template may put the same tenant root under another
@@ -63,121 +113,90 @@ pub fn host_path_moved(bound: &str, req: &VolumePath, tenant_dir: &str) -> Optio
     ))
 }
 
-/// Validates `obj` for its namespace's tenant and checks it against the tenant's volumes that
-/// were created before it (the older volume keeps working, the newer one is refused), and
-/// against where its data already is. `obj` carries the status berth knows
-/// ([`status::fresh`](super::status::fresh)).
-pub fn admit(ctx: &Context, obj: &StatefulLocalVolume) -> Result<VolumeRequest, String> {
-    let ns = obj.namespace().unwrap_or_default();
-    let tenant = ctx.tenants.tenant(&ns)?;
-    let req = validate(&obj.spec, &tenant, &ctx.policy).map_err(|e| e.to_string())?;
-    if let Some(bound) = obj.status.as_ref().and_then(|s| s.host_path.as_deref()) {
-        let tenant_root = ctx.policy.roots.root(&tenant);
-        if let Some(msg) = host_path_moved(bound, &req.host_path, tenant_root.dir_name()) {
-            return Err(msg);
+/// What admission needs to know besides the volume itself.
+pub struct Admission<'a> {
+    pub tenants: &'a NamespaceMapping,
+    pub policy: &'a TenantPolicy,
+    /// Volumes whose host path shares the first component with this one's, from every
+    /// namespace, those being deleted included.
+    pub neighbours: &'a [Arc<StatefulLocalVolume>],
+}
+
+/// What berth bound the volume to before, from its sealed record.
+#[derive(Clone, Copy)]
+pub struct Bound<'a> {
+    pub app: &'a str,
+    pub tenant: &'a TenantId,
+    /// Where the data is, once recorded.
+    pub host_path: Option<&'a str>,
+}
+
+impl Admission<'_> {
+    /// Validates `obj` for its namespace's tenant, against what berth bound it to, and against
+    /// the tenant's other volumes.
+    pub fn admit(
+        &self,
+        obj: &StatefulLocalVolume,
+        bound: Option<&Bound<'_>>,
+    ) -> Result<VolumeRequest, String> {
+        let ns = obj.namespace().unwrap_or_default();
+        let tenant = self.tenants.tenant(&ns)?;
+        let req = validate(&obj.spec, &tenant, self.policy).map_err(|e| e.to_string())?;
+        if let Some(b) = bound {
+            if b.app != req.app.as_str() {
+                return Err(format!(
+                    "spec.app cannot change once the volume holds data: its data is mounted in {}, and {} would \
+                     leave that app without it. Put spec.app back to {}, or create another volume for {}",
+                    b.app, req.app, b.app, req.app
+                ));
+            }
+            if b.tenant != &tenant {
+                return Err(format!(
+                    "namespace {ns} now belongs to tenant {tenant}, but the volume's data is in tenant {}'s root; \
+                     berth keeps it as it is until the mapping is restored or the volume is deleted",
+                    b.tenant
+                ));
+            }
+            if let Some(path) = b.host_path {
+                let root = self.policy.roots.root(&tenant);
+                if let Some(msg) = host_path_moved(path, &req.host_path, root.dir_name()) {
+                    return Err(msg);
+                }
+            }
         }
-    }
-    let order = |v: &StatefulLocalVolume| (v.creation_timestamp(), v.namespace(), v.name_any());
-    let mine = order(obj);
-    // Paths can only nest when their first components are equal: the cache's index hands over
-    // just those volumes.
-    let earlier: Vec<Claim> = ctx
-        .volumes
-        .sharing_first_component(&req.host_path.as_string())
-        .iter()
-        .filter(|v| v.uid() != obj.uid() && v.metadata.deletion_timestamp.is_none() && order(v) < mine)
-        .filter(|v| {
-            v.namespace()
-                .is_some_and(|n| n == ns || ctx.tenants.tenant(&n).is_ok_and(|t| t == tenant))
-        })
-        .filter_map(|v| {
-            Some(Claim {
-                name: format!("{}/{}", v.namespace()?, v.name_any()),
-                host_path: VolumePath::parse(&v.spec.host_path).ok()?,
-                read_only: v.spec.read_only,
-            })
-        })
-        .collect();
-    let me = Claim {
-        name: format!("{ns}/{}", obj.name_any()),
-        host_path: req.host_path.clone(),
-        read_only: req.read_only,
-    };
-    match nested_conflict(&me, &earlier) {
-        Some(msg) => Err(msg),
-        None => Ok(req),
+        let me = Claim {
+            name: format!("{ns}/{}", obj.name_any()),
+            host_path: req.host_path.clone(),
+            read_only: req.read_only,
+        };
+        for other in self.neighbours {
+            if other.uid() == obj.uid() {
+                continue;
+            }
+            let Some(other_ns) = other.namespace() else {
+                continue;
+            };
+            let same_tenant = other_ns == ns || self.tenants.tenant(&other_ns).is_ok_and(|t| t == tenant);
+            let Ok(path) = VolumePath::parse(&other.spec.host_path) else {
+                continue;
+            };
+            if !same_tenant {
+                continue;
+            }
+            let claim = Claim {
+                name: format!("{other_ns}/{}", other.name_any()),
+                host_path: path,
+                read_only: other.spec.read_only,
+            };
+            if let Some(msg) = nested_conflict(&me, &claim)
+                && me_gives_way(obj, other)
+            {
+                return Err(msg);
+            }
+        }
+        Ok(req)
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn claim(name: &str, path: &str, read_only: bool) -> Claim {
-        Claim {
-            name: name.into(),
-            host_path: VolumePath::parse(path).unwrap(),
-            read_only,
-        }
-    }
-
-    #[test]
-    fn a_path_inside_a_read_write_volume_is_refused() {
-        let msg =
-            nested_conflict(&claim("t/b", "/data/sub", false), &[claim("t/a", "/data", false)]).unwrap();
-        assert!(msg.contains("/data/sub lies inside /data"), "{msg}");
-        assert!(msg.contains("t/a"));
-    }
-
-    #[test]
-    fn a_read_write_volume_around_another_is_refused_unless_read_only() {
-        assert!(
-            nested_conflict(&claim("t/b", "/data", false), &[claim("t/a", "/data/sub", false)]).is_some()
-        );
-        assert_eq!(
-            nested_conflict(&claim("t/b", "/data", true), &[claim("t/a", "/data/sub", false)]),
-            None
-        );
-    }
-
-    #[test]
-    fn read_only_parents_and_siblings_are_fine() {
-        assert_eq!(
-            nested_conflict(&claim("t/b", "/etc/sub", false), &[claim("t/a", "/etc", true)]),
-            None
-        );
-        assert_eq!(
-            nested_conflict(&claim("t/b", "/database", false), &[claim("t/a", "/data", false)]),
-            None
-        );
-        assert_eq!(
-            nested_conflict(&claim("t/b", "/b", false), &[claim("t/a", "/a", false)]),
-            None
-        );
-    }
-
-    #[test]
-    fn a_bound_volume_keeps_its_host_path() {
-        let p = |s: &str| VolumePath::parse(s).unwrap();
-        let bound = "/srv/node-1/containerdata/user-toto/a/data";
-        assert_eq!(host_path_moved(bound, &p("/a/data"), "user-toto"), None);
-        assert_eq!(host_path_moved(bound, &p("//a//data/"), "user-toto"), None);
-        for moved in ["/data", "/a/data/x", "/b/data", "/a"] {
-            let msg = host_path_moved(bound, &p(moved), "user-toto").unwrap();
-            assert!(msg.contains(bound) && msg.contains(moved), "{msg}");
-        }
-        // The same user path in another tenant's directory is not the same data.
-        assert!(host_path_moved(bound, &p("/a/data"), "user-tata").is_some());
-        assert!(host_path_moved("/containerdata/user-toto2/a/data", &p("/a/data"), "user-toto").is_some());
-    }
-
-    #[test]
-    fn the_same_path_twice_is_refused_when_either_is_read_write() {
-        assert!(nested_conflict(&claim("t/b", "/data", true), &[claim("t/a", "/data", false)]).is_some());
-        assert!(nested_conflict(&claim("t/b", "/data", false), &[claim("t/a", "/data", true)]).is_some());
-        assert_eq!(
-            nested_conflict(&claim("t/b", "/data", true), &[claim("t/a", "/data", true)]),
-            None
-        );
-    }
-}
+mod tests;

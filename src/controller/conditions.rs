@@ -1,9 +1,16 @@
-//! The status a reconcile writes: phase, host, and kstatus conditions (pure).
+//! The status a pass writes: phase, where the data is, and conditions (pure).
 //!
-//! `Ready` is always present; `Reconciling=True` while berth is still working towards the spec,
-//! `Stalled=True` when it cannot go on without a change by the user (both are left out
-//! otherwise). `lastTransitionTime` changes only when a condition's status flips, so writing the
-//! same outcome twice produces an identical status, which server-side apply turns into a no-op.
+//! - `Ready` says whether the volume's data exists on its host and the app mounts it there and is
+//!   pinned to that host. It does not flicker with Marathon or an agent being briefly away: a
+//!   controller that cannot check keeps the last known `Ready` and says so in `Synced`.
+//! - `Reconciling=True` while berth works towards the spec, `Stalled=True` when it cannot go on
+//!   without a change by the user (kstatus: InProgress and Failed; both absent otherwise).
+//! - `Synced` says whether berth could check the volume in its last pass (Marathon and the
+//!   host's agent answered).
+//! - `AppRunning` (once bound) says whether the app's tasks run on the volume's host.
+//!
+//! `lastTransitionTime` changes only when a condition's status flips, so writing the same
+//! outcome twice produces an identical status, which is then not written at all.
 
 use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::{Condition, Time},
@@ -12,10 +19,11 @@ use k8s_openapi::{
 
 use crate::crd::{Phase, StatefulLocalVolumeStatus};
 
-/// Why a volume is (not) ready. The names are the condition reasons users see.
+/// Why a volume is (not) ready, or a check did (not) pass. The names are the condition reasons
+/// users see.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
-    /// Provisioned, mounted, pinned, and the app's tasks run on the bound host.
+    /// Provisioned, mounted and pinned.
     Bound,
     /// The spec breaks a rule; the message names the field.
     InvalidSpec,
@@ -23,21 +31,25 @@ pub enum Reason {
     ConflictingPlacement,
     /// No agent fits the volume's capacity and the app's constraints.
     NoSuitableHost,
-    /// Placed on a host (recorded before anything is created); the agent is creating it.
+    /// Placed on a host (recorded before anything is created); being created and mounted.
     Provisioning,
-    /// The agent of the bound host cannot be reached; nothing was changed.
+    /// The agent of the volume's host cannot be reached; nothing was changed.
     HostUnavailable,
     /// The agent refused the volume (e.g. the path exists with the other type).
     ProvisioningFailed,
     /// The Marathon app does not exist.
     AppNotFound,
+    /// berth never manages this app (its own agent app, or an app with host access).
+    AppNotAllowed,
     /// Marathon could not be reached or answered with a server error.
     MarathonUnavailable,
     /// Marathon refused berth's update (422), or the app cannot carry host volumes.
     AppUpdateRejected,
-    /// The app is locked by a deployment berth did not start; berth waits.
+    /// The app is locked by a deployment; berth waits.
     AppLocked,
-    /// A Marathon deployment for the app is running.
+    /// Another volume of the app must be fixed before the app is updated.
+    WaitingForVolume,
+    /// A Marathon deployment of the app is running.
     Deploying,
     /// The app's tasks run on another host than the data.
     TasksElsewhere,
@@ -47,8 +59,58 @@ pub enum Reason {
     PermissionDenied,
     /// Marathon cannot place the app: no offer matches its constraints.
     Unschedulable,
-    /// The volume is being removed from its app.
+    /// The app's tasks run on the volume's host.
+    Running,
+    /// The app runs no task (scaled to 0, or its tasks are gone).
+    NoTasks,
+    /// berth's last pass could check the volume.
+    Checked,
+    /// The volume is being removed from its app, or its data deleted.
     Deleting,
+    /// The agent refused to delete the data (e.g. a mount point inside it).
+    DeleteFailed,
+    /// The data berth created for the volume on its host is gone (absent, or empty and
+    /// unmarked): a rebuilt host, a wiped disk.
+    DataMissing,
+    /// The data at the volume's path is not the volume's: another volume's, released by a
+    /// deleted volume, or of unknown origin; berth does not bind to it.
+    WrongData,
+}
+
+impl Reason {
+    /// Every reason, for parsing what berth wrote before.
+    pub const ALL: [Reason; 25] = [
+        Reason::Bound,
+        Reason::InvalidSpec,
+        Reason::ConflictingPlacement,
+        Reason::NoSuitableHost,
+        Reason::Provisioning,
+        Reason::HostUnavailable,
+        Reason::ProvisioningFailed,
+        Reason::AppNotFound,
+        Reason::AppNotAllowed,
+        Reason::MarathonUnavailable,
+        Reason::AppUpdateRejected,
+        Reason::AppLocked,
+        Reason::WaitingForVolume,
+        Reason::Deploying,
+        Reason::TasksElsewhere,
+        Reason::MountTypeMismatch,
+        Reason::PermissionDenied,
+        Reason::Unschedulable,
+        Reason::Running,
+        Reason::NoTasks,
+        Reason::Checked,
+        Reason::Deleting,
+        Reason::DeleteFailed,
+        Reason::DataMissing,
+        Reason::WrongData,
+    ];
+
+    /// The reason named `s` (as written in a condition).
+    pub fn parse(s: &str) -> Option<Reason> {
+        Self::ALL.into_iter().find(|r| r.to_string() == s)
+    }
 }
 
 impl std::fmt::Display for Reason {
@@ -58,7 +120,7 @@ impl std::fmt::Display for Reason {
     }
 }
 
-/// What a reconcile concluded about one volume.
+/// The `Ready` condition and the phase that goes with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
     pub phase: Phase,
@@ -87,18 +149,65 @@ impl Outcome {
                 | Reason::ConflictingPlacement
                 | Reason::ProvisioningFailed
                 | Reason::AppUpdateRejected
+                | Reason::AppNotAllowed
                 | Reason::MountTypeMismatch
                 | Reason::PermissionDenied
+                | Reason::DeleteFailed
+                | Reason::DataMissing
+                | Reason::WrongData
         )
     }
 }
 
-/// The status to write for `outcome`, keeping transition times from `previous`.
+/// A condition other than `Ready`: `Synced` or `AppRunning`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    pub ok: bool,
+    pub reason: Reason,
+    pub message: String,
+}
+
+impl Check {
+    pub fn ok(reason: Reason, message: impl Into<String>) -> Self {
+        Self {
+            ok: true,
+            reason,
+            message: message.into(),
+        }
+    }
+
+    pub fn failed(reason: Reason, message: impl Into<String>) -> Self {
+        Self {
+            ok: false,
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// Everything the status says about a volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub ready: Outcome,
+    pub synced: Check,
+    pub running: Option<Check>,
+}
+
+/// Where the data is and what berth bound it to, with berth's seal (see `seal.rs`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Binding {
+    pub host: Option<String>,
+    pub host_path: Option<String>,
+    pub app: Option<String>,
+    pub tenant: Option<String>,
+    pub seal: Option<String>,
+}
+
+/// The status to write, keeping transition times from `previous`.
 pub fn status(
-    outcome: &Outcome,
+    report: &Report,
     generation: Option<i64>,
-    host: Option<String>,
-    host_path: Option<String>,
+    binding: Binding,
     previous: Option<&StatefulLocalVolumeStatus>,
     now: Timestamp,
 ) -> StatefulLocalVolumeStatus {
@@ -119,47 +228,61 @@ pub fn status(
             last_transition_time: since,
         }
     };
-    let mut conditions = vec![make(
-        "Ready",
-        outcome.is_ready(),
-        outcome.reason,
-        &outcome.message,
-    )];
-    if outcome.is_stalled() {
-        conditions.push(make("Stalled", true, outcome.reason, &outcome.message));
-    } else if !outcome.is_ready() {
-        conditions.push(make("Reconciling", true, outcome.reason, &outcome.message));
+    let ready = &report.ready;
+    let mut conditions = vec![make("Ready", ready.is_ready(), ready.reason, &ready.message)];
+    if ready.is_stalled() {
+        conditions.push(make("Stalled", true, ready.reason, &ready.message));
+    } else if !ready.is_ready() {
+        conditions.push(make("Reconciling", true, ready.reason, &ready.message));
+    }
+    let s = &report.synced;
+    conditions.push(make("Synced", s.ok, s.reason, &s.message));
+    if let Some(r) = &report.running {
+        conditions.push(make("AppRunning", r.ok, r.reason, &r.message));
     }
     StatefulLocalVolumeStatus {
-        phase: Some(outcome.phase),
-        host,
-        host_path,
+        phase: Some(ready.phase),
+        host: binding.host,
+        host_path: binding.host_path,
+        app: binding.app,
+        tenant: binding.tenant,
+        seal: binding.seal,
         observed_generation: generation,
         conditions,
+        data_marked: None,
+        usage: None,
     }
 }
 
-/// How many volumes are in each phase, and how many need a person (`Stalled=True`), for the
-/// metrics. A held volume keeps its phase (its data is still mounted) but is stalled, so an
-/// alert on the phase alone would miss it.
+/// How many volumes are in each phase (and with which Ready reason), and how many need a person
+/// (`Stalled=True`), for the metrics. A held volume keeps its phase (its data is still mounted)
+/// but is stalled, so an alert on the phase alone would miss it; a volume waiting for its app to
+/// be created is Pending for a reason berth cannot help, so alerts can leave it out.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct VolumeCounts {
-    /// Every phase, zero included, so a gauge goes back to 0.
-    pub by_phase: Vec<(Phase, usize)>,
+    /// (phase, Ready reason) → volumes. Every phase appears (with reason `""` at 0 when no
+    /// volume has it), so a gauge goes back to 0.
+    pub by_phase: std::collections::BTreeMap<(&'static str, String), usize>,
     pub stalled: usize,
 }
 
 impl VolumeCounts {
     pub fn of<'a>(statuses: impl Iterator<Item = Option<&'a StatefulLocalVolumeStatus>>) -> Self {
         use Phase::*;
-        let mut by_phase: Vec<(Phase, usize)> = [Pending, Provisioning, Bound, Migrating, Released, Failed]
-            .into_iter()
-            .map(|p| (p, 0))
-            .collect();
+        let mut by_phase = std::collections::BTreeMap::new();
+        for p in [Pending, Provisioning, Bound, Migrating, Released, Failed] {
+            by_phase.insert((p.as_str(), String::new()), 0);
+        }
         let mut stalled = 0;
         for s in statuses.flatten() {
-            if let Some(entry) = by_phase.iter_mut().find(|(p, _)| Some(*p) == s.phase) {
-                entry.1 += 1;
+            if let Some(phase) = s.phase {
+                let reason = s
+                    .conditions
+                    .iter()
+                    .find(|c| c.type_ == "Ready")
+                    .map(|c| c.reason.clone())
+                    .unwrap_or_default();
+                *by_phase.entry((phase.as_str(), reason)).or_insert(0) += 1;
             }
             if s.conditions
                 .iter()
@@ -170,94 +293,16 @@ impl VolumeCounts {
         }
         Self { by_phase, stalled }
     }
+
+    /// Volumes in `phase`, whatever their reason.
+    pub fn in_phase(&self, phase: Phase) -> usize {
+        self.by_phase
+            .iter()
+            .filter(|((p, _), _)| *p == phase.as_str())
+            .map(|(_, n)| n)
+            .sum()
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn counts_phases_and_stalled_volumes() {
-        let held = Outcome::new(
-            Phase::Bound,
-            Reason::InvalidSpec,
-            "spec.hostPath cannot change ...",
-        );
-        let statuses = [
-            status(&bound(), Some(1), None, None, None, at(1)),
-            status(&held, Some(2), None, None, None, at(1)),
-            status(
-                &Outcome::new(Phase::Provisioning, Reason::HostUnavailable, "agent down"),
-                Some(1),
-                None,
-                None,
-                None,
-                at(1),
-            ),
-        ];
-        let counts = VolumeCounts::of(statuses.iter().map(Some).chain([None]));
-        let n = |p: Phase| counts.by_phase.iter().find(|(q, _)| *q == p).unwrap().1;
-        assert_eq!(
-            (n(Phase::Bound), n(Phase::Provisioning), n(Phase::Failed)),
-            (2, 1, 0)
-        );
-        assert_eq!(counts.by_phase.len(), 6);
-        assert_eq!(counts.stalled, 1, "the held volume is Bound but needs a person");
-    }
-
-    fn at(s: i64) -> Timestamp {
-        Timestamp::from_second(s).unwrap()
-    }
-
-    fn bound() -> Outcome {
-        Outcome::new(Phase::Bound, Reason::Bound, "mounted at /data on node-1")
-    }
-
-    fn types(s: &StatefulLocalVolumeStatus) -> Vec<(&str, &str)> {
-        s.conditions
-            .iter()
-            .map(|c| (c.type_.as_str(), c.status.as_str()))
-            .collect()
-    }
-
-    #[test]
-    fn ready_volume_has_only_ready_true() {
-        let s = status(&bound(), Some(3), Some("node-1".into()), None, None, at(100));
-        assert_eq!(types(&s), [("Ready", "True")]);
-        assert_eq!(s.conditions[0].reason, "Bound");
-        assert_eq!(s.observed_generation, Some(3));
-        assert_eq!(s.conditions[0].observed_generation, Some(3));
-    }
-
-    #[test]
-    fn waiting_is_reconciling_and_user_errors_are_stalled() {
-        let waiting = Outcome::new(Phase::Provisioning, Reason::HostUnavailable, "agent down");
-        let s = status(&waiting, Some(1), None, None, None, at(100));
-        assert_eq!(types(&s), [("Ready", "False"), ("Reconciling", "True")]);
-        let invalid = Outcome::new(Phase::Failed, Reason::InvalidSpec, "spec.hostPath: ...");
-        let s = status(&invalid, Some(1), None, None, None, at(100));
-        assert_eq!(types(&s), [("Ready", "False"), ("Stalled", "True")]);
-        assert_eq!(s.conditions[1].reason, "InvalidSpec");
-    }
-
-    #[test]
-    fn same_outcome_twice_is_the_same_status() {
-        let first = status(&bound(), Some(1), Some("n".into()), None, None, at(100));
-        let second = status(&bound(), Some(1), Some("n".into()), None, Some(&first), at(500));
-        assert_eq!(first, second);
-    }
-
-    #[test]
-    fn transition_time_moves_only_when_status_flips() {
-        let first = status(&bound(), Some(1), None, None, None, at(100));
-        let other_reason = Outcome::new(Phase::Bound, Reason::Bound, "different message");
-        let same = status(&other_reason, Some(2), None, None, Some(&first), at(200));
-        assert_eq!(same.conditions[0].last_transition_time, Time(at(100)));
-        let down = Outcome::new(Phase::Bound, Reason::HostUnavailable, "agent down");
-        let flipped = status(&down, Some(2), None, None, Some(&same), at(300));
-        assert_eq!(flipped.conditions[0].last_transition_time, Time(at(300)));
-        assert_eq!(flipped.conditions[1].last_transition_time, Time(at(300)));
-        let back = status(&bound(), Some(2), None, None, Some(&flipped), at(400));
-        assert_eq!(back.conditions[0].last_transition_time, Time(at(400)));
-    }
-}
+mod tests;

@@ -46,7 +46,12 @@ pub struct ControllerArgs {
     /// Scheme of agents found with --agent-app.
     #[arg(long, env = "BERTH_AGENT_SCHEME", default_value = "https")]
     pub agent_scheme: String,
-    /// File holding the agents' bearer token (mount it from a Secret).
+    /// File holding the agents' secret: each host's agent token is derived from it
+    /// (`berth agent-token --secret-file F --host NAME` prints it), so a token stolen from one
+    /// host works on that host only. Mount it from a Secret.
+    #[arg(long, env = "BERTH_AGENT_SECRET_FILE", conflicts_with = "agent_token_file")]
+    pub agent_secret_file: Option<PathBuf>,
+    /// File holding one bearer token shared by every agent (instead of --agent-secret-file).
     #[arg(long, env = "BERTH_AGENT_TOKEN_FILE")]
     pub agent_token_file: Option<PathBuf>,
     /// PEM file of the CA that signed the agents' certificates.
@@ -70,9 +75,10 @@ pub struct ControllerArgs {
     #[arg(long, env = "BERTH_MAPPED_NAMESPACES_ONLY")]
     pub mapped_namespaces_only: bool,
 
-    /// Watch volumes in this namespace only (default: all namespaces).
-    #[arg(long, env = "BERTH_WATCH_NAMESPACE")]
-    pub namespace: Option<String>,
+    /// Watch volumes in these namespaces only (repeat, or separate with commas; default: all
+    /// namespaces).
+    #[arg(long, env = "BERTH_WATCH_NAMESPACE", value_delimiter = ',')]
+    pub namespace: Vec<String>,
     /// Reconcile every volume at least this often, to repair drift in Marathon and on hosts.
     #[arg(long, env = "BERTH_RESYNC", default_value = "5m", value_parser = parse_duration)]
     pub resync: Duration,
@@ -80,6 +86,22 @@ pub struct ControllerArgs {
     /// together reach Marathon in one update.
     #[arg(long, env = "BERTH_DEBOUNCE", default_value = "1s", value_parser = parse_duration)]
     pub debounce: Duration,
+    /// How long Marathon or a host's agent may be unreachable before Ready volumes say so
+    /// (`Synced=False`); shorter blips write nothing. Volumes that are not Ready say it at once.
+    #[arg(long, env = "BERTH_OUTAGE_GRACE", default_value = "60s", value_parser = parse_duration)]
+    pub outage_grace: Duration,
+    /// Warn when a volume holds this share of its spec.capacity (a Warning event and the
+    /// `berth_volume_used_bytes` metric against `berth_volume_capacity_bytes`).
+    #[arg(long, env = "BERTH_USAGE_WARNING", default_value_t = 0.9, value_parser = parse_share)]
+    pub usage_warning: f64,
+    /// How far the capacities promised on a host may exceed its size: 1 promises no more than
+    /// the disk holds, 1.5 half as much again (volumes seldom fill their capacity), 0.8 keeps a
+    /// fifth of each disk unpromised.
+    #[arg(long, env = "BERTH_CAPACITY_OVERCOMMIT", default_value_t = 1.0, value_parser = parse_overcommit)]
+    pub capacity_overcommit: f64,
+    /// Passes over apps that may run at once (each app is passed by one worker at a time).
+    #[arg(long, env = "BERTH_WORKERS", default_value_t = 32)]
+    pub workers: usize,
     /// Address of the HTTP server for /metrics, /healthz and /readyz.
     #[arg(long, env = "BERTH_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
@@ -98,19 +120,27 @@ pub struct ControllerArgs {
     pub identity: Option<String>,
 }
 
-/// Parses durations such as `500ms`, `30s`, `5m`, `1h`.
+/// Parses durations such as `500ms`, `30s`, `5m`, `1h` (or `1h 30m`); zero is refused.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (n, unit) = s.split_at(split);
-    let n: u64 = n
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration such as 500ms, 30s, 5m or 1h"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" | "" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
-        _ => Err(format!("{s:?} is not a duration such as 500ms, 30s, 5m or 1h")),
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration such as 500ms, 30s, 5m or 1h ({e})"))?;
+    if d.is_zero() {
+        return Err(format!("{s:?} is zero; give a positive duration such as 30s"));
+    }
+    Ok(d)
+}
+
+fn parse_share(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 1.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a share between 0 and 1, such as 0.9")),
+    }
+}
+
+fn parse_overcommit(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 10.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a ratio between 0 and 10, such as 1 or 1.5")),
     }
 }
 
@@ -140,8 +170,13 @@ mod tests {
         assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
-        assert!(parse_duration("5 m").is_err());
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
         assert!(parse_duration("m").is_err());
+        assert!(
+            parse_duration("0s").unwrap_err().contains("zero"),
+            "--resync 0s would pass every app all the time"
+        );
+        assert!(parse_duration("5 parsecs").is_err());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! `lastTaskFailure`. berth recognises the common ones and says what is wrong and how to fix it.
 
 use super::conditions::Reason;
+use crate::marathon::App;
 
 /// A recognised task failure.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +45,21 @@ pub fn task_failure(message: &str, container_paths: &[String]) -> Option<Diagnos
         });
     }
     None
+}
+
+/// A Docker mount failure of the app's current version that keeps its tasks from running.
+///
+/// A task that cannot mount its volume fails on every relaunch, and the deployment that started
+/// it never ends: the failure is looked at first, or it would hide behind "deploying".
+pub fn mount_failure(app: &App, container_paths: &[String]) -> Option<Diagnosis> {
+    let failure = app.last_task_failure.as_ref()?;
+    let current_running = app.tasks.iter().flatten().any(|t| {
+        t.state.as_deref() == Some("TASK_RUNNING") && t.version.is_some() && t.version == app.version
+    });
+    if current_running || failure.version.is_none() || failure.version != app.version {
+        return None;
+    }
+    task_failure(&failure.message, container_paths)
 }
 
 /// What to say when Marathon's queue shows the app's launches declined for its constraints.

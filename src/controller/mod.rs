@@ -1,30 +1,44 @@
 //! `berth controller`: watches StatefulLocalVolumes and makes Marathon apps and hosts match them.
 //!
-//! - [`reconcile`]: one reconcile (finalizer, validation, status, events).
-//! - [`app_sync`]: the pass over one Marathon app and its host.
-//! - [`app_patch`], [`placement`], [`conditions`], [`diagnosis`]: the pure decisions.
-//! - [`agents`], [`triggers`]: the edges (agent clients, Marathon's event stream).
-//! - [`cache`]: every volume, indexed by app and by path, from the watch stream.
-//! - [`metrics`], [`server`], [`leader`]: operations.
+//! The Marathon app is the unit of work. Volume changes (`cache`), Marathon's events and the
+//! bulk refresh (`triggers`) name apps; the `queue` hands each app to one worker at a time; a
+//! `pass` over an app observes it and its volumes, plans (pure) and acts through the `ports`.
+//!
+//! - [`pass`]: observe → plan → act for one app.
+//! - [`admission`], [`app_policy`], [`app_patch`], [`placement`], [`conditions`], [`diagnosis`]:
+//!   the pure decisions.
+//! - [`ports`], [`agents`], [`kube_port`]: the edges (Marathon, agents, Kubernetes).
+//! - [`queue`], [`triggers`], [`cache`], [`app_cache`], [`status`]: what makes a pass due, and
+//!   what berth remembers between passes; [`verifier`]: each host confirms its volumes in one
+//!   request per resync.
+//! - [`seal`], [`failure`]: trusting only what berth wrote; what a failed call means.
+//! - [`metrics`], [`server`], [`leader`], [`config`]: operations.
 
 pub mod admission;
 pub mod agents;
+pub mod app_cache;
 pub mod app_patch;
-pub mod app_sync;
+pub mod app_policy;
 pub mod cache;
 pub mod conditions;
 pub mod config;
 pub mod context;
 pub mod diagnosis;
-pub mod error;
+pub mod failure;
+pub mod faults;
+pub mod kube_port;
 pub mod leader;
 pub mod metrics;
+pub mod pass;
 pub mod placement;
-pub mod reconcile;
-pub mod running;
+pub mod ports;
+pub mod queue;
+pub mod seal;
 pub mod server;
 pub mod status;
 pub mod triggers;
+pub mod usage;
+pub mod verifier;
 
 use std::{
     collections::BTreeMap,
@@ -32,16 +46,11 @@ use std::{
     time::Duration,
 };
 
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 use kube::{
-    Api,
+    Api, Resource,
     api::ListParams,
-    runtime::{
-        Controller, WatchStreamExt,
-        controller::Config as ControllerConfig,
-        events::{Recorder, Reporter},
-        reflector, watcher,
-    },
+    runtime::{WatchStreamExt, reflector, watcher},
 };
 use thiserror::Error;
 use tokio::sync::watch;
@@ -125,14 +134,19 @@ pub async fn run(args: ControllerArgs) -> Result<(), StartError> {
     };
     let tenants = NamespaceMapping::new(&args.tenant_map, args.mapped_namespaces_only)?;
     let marathon = MarathonClient::new(marathon_config(&args)?)?;
-    let token = match &args.agent_token_file {
-        Some(f) => read(f)?,
-        None => std::env::var(crate::agent::TOKEN_ENV).map_err(|_| {
+    let marathon_urls = marathon.urls().to_vec();
+    let credentials = match (&args.agent_secret_file, &args.agent_token_file) {
+        (Some(f), _) => agents::Credentials::PerHost(
+            crate::agent::credentials::read_secret(f).map_err(|e| StartError::Config(e.to_string()))?,
+        ),
+        (None, Some(f)) => agents::Credentials::Shared(read(f)?),
+        (None, None) => agents::Credentials::Shared(std::env::var(crate::agent::TOKEN_ENV).map_err(|_| {
             StartError::Config(format!(
-                "give the agents' token with --agent-token-file or {}",
+                "give the agents' secret with --agent-secret-file (a token per host), or one shared token \
+                 with --agent-token-file or {}",
                 crate::agent::TOKEN_ENV
             ))
-        })?,
+        })?),
     };
     let agent_options = AgentClientOptions {
         ca_pem: args
@@ -155,19 +169,39 @@ pub async fn run(args: ControllerArgs) -> Result<(), StartError> {
         scheme: args.agent_scheme.clone(),
         port: args.agent_port,
     };
-    let agents = Arc::new(agents::Agents::new(discovery, token, agent_options));
+    let metrics = Arc::new(metrics::Metrics::default());
+    let sealer = seal::Sealer::new(credentials.secret());
+    let agents = Arc::new(agents::AgentDirectory::new(
+        discovery,
+        marathon.clone(),
+        credentials,
+        agent_options,
+        metrics.clone(),
+    ));
 
     let kube = kube::Client::try_default().await?;
-    let volumes: Api<StatefulLocalVolume> = match &args.namespace {
-        Some(ns) => Api::namespaced(kube.clone(), ns),
-        None => Api::all(kube.clone()),
+    // One watch per namespace given, or one for every namespace.
+    let scopes: Vec<cache::Scope> = if args.namespace.is_empty() {
+        vec![None]
+    } else {
+        args.namespace.iter().cloned().map(Some).collect()
     };
-    volumes
-        .list(&ListParams::default().limit(1))
-        .await
-        .map_err(StartError::CrdMissing)?;
+    let apis: Vec<(cache::Scope, Api<StatefulLocalVolume>)> = scopes
+        .into_iter()
+        .map(|scope| {
+            let api = match &scope {
+                Some(ns) => Api::namespaced(kube.clone(), ns),
+                None => Api::all(kube.clone()),
+            };
+            (scope, api)
+        })
+        .collect();
+    for (_, api) in &apis {
+        api.list(&ListParams::default().limit(1))
+            .await
+            .map_err(StartError::CrdMissing)?;
+    }
 
-    let metrics = Arc::new(metrics::Metrics::default());
     let health = Arc::new(server::Health::default());
     let (stop_tx, stop_rx) = watch::channel(false);
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -176,7 +210,7 @@ pub async fn run(args: ControllerArgs) -> Result<(), StartError> {
             addr: args.listen,
             source,
         })?;
-    info!(addr = %args.listen, "serving /metrics, /healthz and /readyz");
+    info!(addr = %listener.local_addr().unwrap_or(args.listen), "serving /metrics, /healthz and /readyz");
     let server = tokio::spawn({
         let mut stop = stop_rx.clone();
         axum::serve(listener, server::router(metrics.clone(), health.clone()))
@@ -208,95 +242,143 @@ pub async fn run(args: ControllerArgs) -> Result<(), StartError> {
     }
     health.leading.store(true, Ordering::Relaxed);
 
-    // The reflector feeds both the controller's store and the cache's indexes, in that order.
-    let (store, writer) = reflector::store();
-    let cache = Arc::new(cache::VolumeCache::new(store.clone()));
-    let observed = cache.clone();
-    let stream = watcher(volumes, watcher::Config::default().any_semantic())
-        .default_backoff()
-        .reflect(writer)
-        .inspect_ok(move |event| observed.observe(event))
-        .applied_objects();
-    let controller = Controller::for_stream(stream, store);
-    let recorder = Recorder::new(
-        kube.clone(),
-        Reporter {
-            controller: "berth-controller".into(),
-            instance: args.identity.clone(),
-        },
-    );
+    let queue = Arc::new(queue::AppQueue::new(args.debounce));
+    let mut writers = Vec::new();
+    let mut stores = Vec::new();
+    for (scope, api) in apis {
+        let (store, writer) = reflector::store();
+        stores.push((scope.clone(), store));
+        writers.push((scope, api, writer));
+    }
+    let cache = Arc::new(cache::VolumeCache::new(stores));
+    let apps = Arc::new(app_cache::AppCache::new(args.resync * 2));
+    let instance = args.identity.clone().unwrap_or_else(default_identity);
     let ctx = Arc::new(context::Context::new(
-        kube,
-        marathon.clone(),
+        Arc::new(ports::MarathonPort {
+            client: marathon.clone(),
+            metrics: metrics.clone(),
+        }),
         agents,
+        Arc::new(kube_port::KubePort::new(kube, instance, metrics.clone())),
         policy,
         tenants,
-        recorder,
+        sealer,
         metrics.clone(),
         cache.clone(),
+        apps.clone(),
+        context::Settings {
+            resync: args.resync,
+            agent_app: args.agent_app.clone(),
+            outage_grace: args.outage_grace,
+            usage_warning: args.usage_warning,
+            overcommit: args.capacity_overcommit,
+        },
+    ));
+
+    // The watches: the reflector's stores, the cache's indexes, and the apps each change names.
+    let watches = writers.into_iter().map(|(scope, api, writer)| {
+        let cache = cache.clone();
+        let queue = queue.clone();
+        watcher(api, watcher::Config::default().any_semantic())
+            .default_backoff()
+            // Only what decisions need is kept: managed fields and annotations (kubectl's
+            // last-applied copy of the whole object, among others) are large and never read.
+            .modify(|v| {
+                let meta = v.meta_mut();
+                meta.managed_fields = None;
+                meta.annotations = None;
+            })
+            .reflect(writer)
+            .try_for_each(move |event| {
+                for app in cache.observe(&scope, &event) {
+                    queue.trigger(&app);
+                }
+                futures::future::ready(Ok(()))
+            })
+    });
+    let watch = tokio::spawn(futures::future::select_all(watches.map(Box::pin)));
+    tokio::spawn(triggers::marathon_events(
+        marathon.clone(),
+        queue.clone(),
+        cache.clone(),
+        apps.clone(),
+    ));
+    tokio::spawn(triggers::bulk_refresh(
+        marathon,
+        apps,
+        metrics.clone(),
         args.resync,
     ));
-    tokio::spawn(phase_gauges(cache.clone(), metrics.clone()));
+    tokio::spawn(gauges(cache.clone(), queue.clone(), metrics.clone()));
+    tokio::spawn(verifier::run(ctx.clone(), queue.clone(), args.resync));
     health.ready.store(true, Ordering::Relaxed);
-    info!(marathon = ?args.marathon_urls, namespace = ?args.namespace, "controller started");
+    info!(marathon = ?marathon_urls, namespace = ?args.namespace, workers = args.workers, "controller started");
+
+    let workers: Vec<_> = (0..args.workers.max(1))
+        .map(|_| {
+            let queue = queue.clone();
+            let ctx = ctx.clone();
+            tokio::spawn(async move {
+                while let Some(app) = queue.next().await {
+                    let requeue = pass::run(&ctx, &app).await;
+                    queue.done(&app, Some(requeue));
+                }
+            })
+        })
+        .collect();
 
     let mut stop = stop_rx.clone();
-    let shutdown = async move {
-        let leadership = async {
-            match lost_leadership {
-                Some(lost) => lost.await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = stop.wait_for(|s| *s) => {}
-            _ = leadership => warn!("lost the leader lease; stopping"),
+    let leadership = async {
+        match lost_leadership {
+            Some(lost) => lost.await,
+            None => std::future::pending().await,
         }
     };
-    controller_run(controller, ctx, marathon, cache, args.debounce, shutdown).await;
+    tokio::select! {
+        _ = stop.wait_for(|s| *s) => {}
+        _ = leadership => warn!("lost the leader lease; stopping"),
+        r = watch => warn!(result = ?r.map(|(r, _, _)| r.map_err(|e| e.to_string())), "a watch of volumes ended; stopping"),
+    }
+    // Running passes finish; nothing new starts.
+    queue.close();
+    for w in workers {
+        let _ = w.await;
+    }
     let _ = stop_tx.send(true);
     let _ = server.await;
     info!("controller stopped");
     Ok(())
 }
 
-async fn controller_run(
-    controller: Controller<StatefulLocalVolume>,
-    ctx: Arc<context::Context>,
-    marathon: MarathonClient,
+/// Counts volumes by phase and the stalled ones, for the `berth_volumes` gauges, and the queue.
+async fn gauges(
     volumes: Arc<cache::VolumeCache>,
-    debounce: Duration,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    queue: Arc<queue::AppQueue>,
+    metrics: Arc<metrics::Metrics>,
 ) {
-    controller
-        .with_config(ControllerConfig::default().debounce(debounce))
-        .reconcile_on(triggers::marathon_events(
-            marathon,
-            volumes,
-            (debounce * 2).max(Duration::from_secs(1)),
-        ))
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile::reconcile, reconcile::error_policy, ctx)
-        .for_each(|res| async move {
-            match res {
-                Ok((obj, _)) => tracing::debug!(volume = %obj, "reconciled"),
-                Err(e) => tracing::debug!(error = %e, "reconcile error"),
-            }
-        })
-        .await;
-}
-
-/// Counts volumes by phase and the stalled ones, for the `berth_volumes` gauges.
-async fn phase_gauges(volumes: Arc<cache::VolumeCache>, metrics: Arc<metrics::Metrics>) {
+    // Series seen before go back to 0 when no volume has their phase and reason any more.
+    let mut seen: std::collections::BTreeSet<(&'static str, String)> = Default::default();
     loop {
+        metrics.queue.set(i64::try_from(queue.len()).unwrap_or(i64::MAX));
         let counts = conditions::VolumeCounts::of(volumes.all().iter().map(|v| v.status.as_ref()));
-        for (phase, n) in counts.by_phase {
+        for key in seen.iter().filter(|k| !counts.by_phase.contains_key(*k)) {
             metrics
                 .volumes
                 .get_or_create(&metrics::PhaseLabels {
-                    phase: reconcile::phase_label(phase),
+                    phase: key.0,
+                    reason: key.1.clone(),
                 })
-                .set(i64::try_from(n).unwrap_or(i64::MAX));
+                .set(0);
+        }
+        for ((phase, reason), n) in &counts.by_phase {
+            seen.insert((phase, reason.clone()));
+            metrics
+                .volumes
+                .get_or_create(&metrics::PhaseLabels {
+                    phase,
+                    reason: reason.clone(),
+                })
+                .set(i64::try_from(*n).unwrap_or(i64::MAX));
         }
         metrics
             .stalled

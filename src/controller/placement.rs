@@ -13,22 +13,40 @@ use std::collections::{BTreeMap, BTreeSet};
 pub struct Candidate {
     pub host: String,
     pub free_bytes: u64,
+    /// Size of the filesystem holding the tenant roots (0 when the agent does not say).
+    pub total_bytes: u64,
+    /// Capacities berth already promised to volumes on this host (from their specs).
+    pub promised_bytes: u64,
+    /// What berth may still promise here: the free space, and no more than the host's size
+    /// (times the overcommit ratio) less what is promised. See [`Candidate::with_promises`].
+    pub room_bytes: u64,
     /// The host's Mesos attributes as its agent reports them; empty when the agent was not
     /// told them.
     pub attributes: BTreeMap<String, String>,
 }
 
-/// What placement knows about a volume and its app.
+impl Candidate {
+    /// The candidate with the capacities already promised on it, and what that leaves.
+    pub fn with_promises(mut self, promised: u64, overcommit: f64) -> Self {
+        self.promised_bytes = promised;
+        self.room_bytes = if self.total_bytes == 0 {
+            self.free_bytes // an agent that does not say its size
+        } else {
+            let ceiling = (self.total_bytes as f64 * overcommit) as u64;
+            self.free_bytes.min(ceiling.saturating_sub(promised))
+        };
+        self
+    }
+}
+
+/// What placement knows about an app's volumes. Each entry names its volume, so a conflict can
+/// say which volumes disagree.
 #[derive(Debug, Clone, Default)]
 pub struct PlacementInput<'a> {
-    /// The host in this volume's status, if it was placed before.
-    pub recorded: Option<&'a str>,
-    /// The host this volume's spec asks for.
-    pub requested: Option<&'a str>,
-    /// Hosts recorded in the status of the app's other volumes.
-    pub siblings_recorded: BTreeSet<&'a str>,
-    /// Hosts the app's other volumes ask for.
-    pub siblings_requested: BTreeSet<&'a str>,
+    /// (volume, host) for every volume whose data berth recorded on a host.
+    pub recorded: Vec<(&'a str, &'a str)>,
+    /// (volume, host) for every volume whose spec asks for a host.
+    pub requested: Vec<(&'a str, &'a str)>,
     /// Hosts the app's tasks run on now (one entry per task).
     pub task_hosts: Vec<&'a str>,
     /// Bytes the app's volumes need together.
@@ -40,9 +58,22 @@ pub struct PlacementInput<'a> {
 pub enum PlacementReason {
     Recorded,
     Requested,
-    SharedWithApp,
     AppRunsThere,
     MostFreeSpace,
+}
+
+impl PlacementReason {
+    /// Why, in words, for events.
+    pub fn describe(self) -> &'static str {
+        match self {
+            PlacementReason::Recorded => "where the app's data already is",
+            PlacementReason::Requested => "as spec.placement.host asks",
+            PlacementReason::AppRunsThere => "where the app runs",
+            PlacementReason::MostFreeSpace => {
+                "the agent with the most free space that the app's constraints allow"
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,78 +88,154 @@ pub enum Placement {
     NoHost(String),
 }
 
-/// Chooses the host. `allowed` says whether the app's own constraints accept a candidate.
+/// Chooses the app's one host. `allowed` says whether the app's own constraints accept a
+/// candidate.
 pub fn place(
     input: &PlacementInput<'_>,
     candidates: &[Candidate],
     allowed: impl Fn(&Candidate) -> bool,
 ) -> Placement {
-    if let Some(recorded) = input.recorded {
-        if let Some(requested) = input.requested.filter(|r| *r != recorded) {
+    // A volume whose data is on one host and whose spec asks for another.
+    for (volume, requested) in &input.requested {
+        if let Some((_, recorded)) = input.recorded.iter().find(|(v, h)| v == volume && h != requested) {
             return Placement::Conflict(format!(
-                "spec.placement.host is {requested} but the data is on {recorded}; berth does not move data \
-                 between hosts: set placement.host back to {recorded}, or create a new volume"
+                "volume {volume}: spec.placement.host is {requested} but its data is on {recorded}; berth does \
+                 not move data between hosts: set placement.host back to {recorded}, or create a new volume"
             ));
         }
-        if let Some(other) = input.siblings_recorded.iter().find(|h| **h != recorded) {
+    }
+    let recorded: BTreeSet<&str> = input.recorded.iter().map(|(_, h)| *h).collect();
+    if recorded.len() > 1 {
+        return Placement::Conflict(format!(
+            "the app's volumes hold data on different hosts ({}); a task runs on one host, so the app cannot \
+             mount them all: delete the volumes that should not be in this app",
+            describe(&input.recorded)
+        ));
+    }
+    let requested: BTreeSet<&str> = input.requested.iter().map(|(_, h)| *h).collect();
+    if let Some(host) = recorded.iter().next() {
+        if let Some((volume, other)) = input.requested.iter().find(|(_, h)| h != host) {
             return Placement::Conflict(format!(
-                "this volume's data is on {recorded} but another volume of the same app is on {other}; \
-                 a task runs on one host, so the app cannot mount both"
+                "volume {volume} asks for host {other}, but the app's data is on {host}; a task runs on one \
+                 host: set its placement.host to {host} or remove it"
             ));
         }
         return Placement::Host {
-            host: recorded.to_owned(),
+            host: (*host).to_owned(),
             reason: PlacementReason::Recorded,
         };
     }
-    let wanted: BTreeSet<&str> = input
-        .siblings_recorded
-        .iter()
-        .chain(input.siblings_requested.iter())
-        .chain(input.requested.iter())
-        .copied()
-        .collect();
-    if wanted.len() > 1 {
-        let list: Vec<_> = wanted.into_iter().collect();
+    if requested.len() > 1 {
         return Placement::Conflict(format!(
             "volumes of this app ask for different hosts ({}); a task runs on one host, so give them all \
              the same placement.host",
-            list.join(", ")
+            describe(&input.requested)
         ));
     }
-    if let Some(host) = wanted.into_iter().next() {
-        let reason = if input.requested == Some(host) {
-            PlacementReason::Requested
-        } else {
-            PlacementReason::SharedWithApp
-        };
+    let need = input.capacity_bytes;
+    let short = |host: &str| {
+        candidates
+            .iter()
+            .find(|c| c.host == host)
+            .filter(|c| need > 0 && c.room_bytes < need)
+    };
+    if let Some(host) = requested.into_iter().next() {
+        if let Some(c) = short(host) {
+            return Placement::NoHost(format!(
+                "spec.placement.host {host} has no room for spec.capacity {}: {}; lower spec.capacity, or \
+                 remove spec.placement.host so that berth chooses a host",
+                human_bytes(need),
+                room(c)
+            ));
+        }
         return Placement::Host {
             host: host.to_owned(),
-            reason,
+            reason: PlacementReason::Requested,
         };
     }
     if let Some(host) = most_common(&input.task_hosts) {
-        return Placement::Host {
-            host: host.to_owned(),
-            reason: PlacementReason::AppRunsThere,
-        };
+        // Where the app runs, unless the volumes' capacities do not fit there: then where they
+        // fit (the app's update moves its tasks).
+        let fits = need == 0 || candidates.iter().any(|c| c.host == host && c.room_bytes >= need);
+        if fits {
+            return Placement::Host {
+                host: host.to_owned(),
+                reason: PlacementReason::AppRunsThere,
+            };
+        }
     }
     candidates
         .iter()
-        .filter(|c| c.free_bytes >= input.capacity_bytes && allowed(c))
+        .filter(|c| c.room_bytes >= need && allowed(c))
         // Most free space first; the host name breaks ties so the choice is deterministic.
         .max_by(|a, b| a.free_bytes.cmp(&b.free_bytes).then_with(|| b.host.cmp(&a.host)))
         .map(|c| Placement::Host {
             host: c.host.clone(),
             reason: PlacementReason::MostFreeSpace,
         })
-        .unwrap_or_else(|| {
-            Placement::NoHost(format!(
-                "none of the {} known agents has {} bytes free and satisfies the app's constraints",
-                candidates.len(),
-                input.capacity_bytes
-            ))
-        })
+        .unwrap_or_else(|| Placement::NoHost(no_host(input.capacity_bytes, candidates, &allowed)))
+}
+
+/// Why no candidate fits, in words a user can act on.
+fn no_host(needed: u64, candidates: &[Candidate], allowed: impl Fn(&Candidate) -> bool) -> String {
+    if candidates.is_empty() {
+        return "no berth agent answered; the platform team must check the agents".into();
+    }
+    let allowed_hosts: Vec<&Candidate> = candidates.iter().filter(|c| allowed(c)).collect();
+    if allowed_hosts.is_empty() {
+        return format!(
+            "the app's constraints allow none of the {} hosts with a berth agent; check the app's constraints",
+            candidates.len()
+        );
+    }
+    let Some(best) = allowed_hosts.iter().max_by_key(|c| c.room_bytes) else {
+        return "no host fits".into();
+    };
+    format!(
+        "spec.capacity asks for {} but no host the app's constraints allow has room for it; the most is on {}: {}; \
+         lower spec.capacity or ask the platform team for room",
+        human_bytes(needed),
+        best.host,
+        room(best)
+    )
+}
+
+/// A host's room, in words: free space, and the capacities promised there.
+fn room(c: &Candidate) -> String {
+    if c.total_bytes == 0 || c.promised_bytes == 0 {
+        return format!("{} free", human_bytes(c.free_bytes));
+    }
+    format!(
+        "{} free, {} of its {} promised to other volumes, {} left to promise",
+        human_bytes(c.free_bytes),
+        human_bytes(c.promised_bytes),
+        human_bytes(c.total_bytes),
+        human_bytes(c.room_bytes)
+    )
+}
+
+/// Bytes in binary units, e.g. `10.0 GiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+fn describe(pairs: &[(&str, &str)]) -> String {
+    pairs
+        .iter()
+        .map(|(v, h)| format!("{v} on {h}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Whether the app's own constraints accept `c` as the one host for all its tasks, judged as
@@ -183,6 +290,9 @@ mod tests {
         Candidate {
             host: host.into(),
             free_bytes,
+            total_bytes: 0,
+            promised_bytes: 0,
+            room_bytes: free_bytes,
             attributes: attributes
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -272,7 +382,7 @@ mod tests {
     #[test]
     fn a_recorded_host_is_sticky() {
         let input = PlacementInput {
-            recorded: Some("node-1"),
+            recorded: vec![("t/a", "node-1")],
             task_hosts: vec!["node-2"],
             ..Default::default()
         };
@@ -283,19 +393,26 @@ mod tests {
     }
 
     #[test]
-    fn changing_the_requested_host_of_placed_data_is_a_conflict() {
+    fn changing_the_requested_host_of_placed_data_is_a_conflict_that_names_the_volume() {
         let input = PlacementInput {
-            recorded: Some("node-1"),
-            requested: Some("node-2"),
+            recorded: vec![("t/a", "node-1"), ("t/b", "node-1")],
+            requested: vec![("t/a", "node-2")],
             ..Default::default()
         };
-        assert!(matches!(place(&input, &agents(), |_| true), Placement::Conflict(m) if m.contains("node-2")));
+        let Placement::Conflict(m) = place(&input, &agents(), |_| true) else {
+            panic!()
+        };
+        assert!(
+            m.contains("volume t/a") && m.contains("node-2") && m.contains("data is on node-1"),
+            "{m}"
+        );
+        assert!(m.contains("set placement.host back to node-1"), "{m}");
     }
 
     #[test]
     fn an_explicit_host_wins_over_where_the_app_runs() {
         let input = PlacementInput {
-            requested: Some("node-1"),
+            requested: vec![("t/a", "node-1")],
             task_hosts: vec!["node-2"],
             ..Default::default()
         };
@@ -308,29 +425,36 @@ mod tests {
     #[test]
     fn volumes_of_one_app_share_a_host() {
         let input = PlacementInput {
-            siblings_recorded: ["node-3"].into(),
+            recorded: vec![("t/a", "node-3")],
             ..Default::default()
         };
         assert_eq!(
             host(place(&input, &agents(), |_| true)),
-            ("node-3".into(), PlacementReason::SharedWithApp)
+            ("node-3".into(), PlacementReason::Recorded)
         );
+        let new_volume_asks_elsewhere = PlacementInput {
+            recorded: vec![("t/a", "node-3")],
+            requested: vec![("t/b", "node-1")],
+            ..Default::default()
+        };
+        let Placement::Conflict(m) = place(&new_volume_asks_elsewhere, &agents(), |_| true) else {
+            panic!()
+        };
+        assert!(m.contains("volume t/b asks for host node-1"), "{m}");
     }
 
     #[test]
     fn disagreeing_volumes_are_a_conflict() {
         let input = PlacementInput {
-            requested: Some("node-1"),
-            siblings_requested: ["node-2"].into(),
+            requested: vec![("t/a", "node-1"), ("t/b", "node-2")],
             ..Default::default()
         };
         let Placement::Conflict(m) = place(&input, &agents(), |_| true) else {
             panic!()
         };
-        assert!(m.contains("node-1, node-2"), "{m}");
+        assert!(m.contains("t/a on node-1, t/b on node-2"), "{m}");
         let input = PlacementInput {
-            recorded: Some("node-1"),
-            siblings_recorded: ["node-2"].into(),
+            recorded: vec![("t/a", "node-1"), ("t/b", "node-2")],
             ..Default::default()
         };
         assert!(matches!(
@@ -372,13 +496,81 @@ mod tests {
             capacity_bytes: 301,
             ..Default::default()
         };
-        assert!(matches!(
-            place(&too_big, &agents(), |_| true),
-            Placement::NoHost(_)
-        ));
+        let Placement::NoHost(m) = place(&too_big, &agents(), |_| true) else {
+            panic!()
+        };
+        assert!(m.contains("301 B") && m.contains("300 B free"), "{m}");
         assert!(matches!(
             place(&input, &agents(), |h| h.host == "node-1"),
             Placement::NoHost(_)
         ));
+    }
+
+    /// A host of 1,000 bytes with `free` free and `promised` promised.
+    fn sized(host: &str, free: u64, promised: u64, overcommit: f64) -> Candidate {
+        Candidate {
+            total_bytes: 1000,
+            ..agent(host, free, &[])
+        }
+        .with_promises(promised, overcommit)
+    }
+
+    #[test]
+    fn capacities_promised_on_a_host_count_even_when_its_disk_is_still_empty() {
+        // node-1's disk is empty, but 900 of its 1,000 bytes are promised to volumes already
+        // placed there: a volume of 200 goes to node-2, which has less free space but room.
+        let hosts = vec![sized("node-1", 1000, 900, 1.0), sized("node-2", 600, 100, 1.0)];
+        let input = PlacementInput {
+            capacity_bytes: 200,
+            ..Default::default()
+        };
+        assert_eq!(host(place(&input, &hosts, |_| true)).0, "node-2");
+        // With 20% overcommit, node-1 may promise up to 1,200: room for 300, and it has the
+        // most free space.
+        let overcommitted = vec![sized("node-1", 1000, 900, 1.2), sized("node-2", 600, 100, 1.2)];
+        assert_eq!(host(place(&input, &overcommitted, |_| true)).0, "node-1");
+        // Never more than what is free, whatever the ratio.
+        assert_eq!(sized("node-3", 50, 0, 3.0).room_bytes, 50);
+        let full = vec![sized("node-1", 1000, 900, 1.0), sized("node-2", 600, 950, 1.0)];
+        let Placement::NoHost(m) = place(&input, &full, |_| true) else {
+            panic!()
+        };
+        assert!(
+            m.contains("the most is on node-1: 1000 B free, 900 B of its 1000 B promised to other volumes, 100 B left to promise"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn a_requested_host_or_the_apps_host_must_have_room_for_the_capacity() {
+        let hosts = vec![sized("node-1", 1000, 900, 1.0), sized("node-2", 600, 100, 1.0)];
+        let requested = PlacementInput {
+            requested: vec![("toto/data", "node-1")],
+            capacity_bytes: 200,
+            ..Default::default()
+        };
+        let Placement::NoHost(m) = place(&requested, &hosts, |_| true) else {
+            panic!()
+        };
+        assert!(
+            m.starts_with("spec.placement.host node-1 has no room for spec.capacity 200 B"),
+            "{m}"
+        );
+        // Where the app runs has no room: where the volumes fit (the update moves the app).
+        let runs = PlacementInput {
+            task_hosts: vec!["node-1"],
+            capacity_bytes: 200,
+            ..Default::default()
+        };
+        assert_eq!(
+            host(place(&runs, &hosts, |_| true)),
+            ("node-2".into(), PlacementReason::MostFreeSpace)
+        );
+        // Without a capacity, the app's host as before.
+        let runs_small = PlacementInput {
+            task_hosts: vec!["node-1"],
+            ..Default::default()
+        };
+        assert_eq!(host(place(&runs_small, &hosts, |_| true)).0, "node-1");
     }
 }

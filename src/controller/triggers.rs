@@ -1,110 +1,159 @@
-//! Marathon's event stream as reconcile triggers: when an app changes, a deployment ends or a
-//! task moves, the volumes of that app are reconciled at once instead of at the next resync.
+//! What makes an app due for a pass, besides its volumes' changes (which `cache.rs` reports):
+//! Marathon's event stream, and a periodic bulk read of every app that keeps the app cache
+//! fresh so that a resync pass costs no Marathon read.
 //!
-//! Events are gathered for a short window and each app is triggered once per window. A task that
-//! fails and relaunches in a loop sends a steady stream of events; passed on one by one, they
-//! would keep pushing back the controller's debounce and starve the very reconcile that reports
-//! the failure.
+//! An event names an app (a change, a deployment that ended, a task that moved): the app's
+//! cache entry is dropped and the app is triggered; the queue's debounce folds a burst (a task
+//! that crash-loops sends a steady stream) into one pass. Every (re)connection of the stream
+//! triggers every app: events may have been missed while it was down, and Marathon filters its
+//! own `event_stream_attached` away, so berth does not wait for it.
 
-use std::{collections::BTreeSet, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
-use futures::{Stream, StreamExt};
-use kube::runtime::reflector::ObjectRef;
-use tokio::sync::mpsc;
-use tracing::warn;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
 
-use super::cache::VolumeCache;
-use crate::{
-    crd::StatefulLocalVolume,
-    marathon::{MarathonClient, MarathonEvent},
-};
+use super::{app_cache::AppCache, cache::VolumeCache, metrics::Metrics, queue::AppQueue};
+use crate::marathon::{MarathonClient, MarathonEvent};
 
 /// Event types that can change what berth sees in an app.
 pub const EVENT_TYPES: &[&str] = &[
     "api_post_event",
+    "deployment_info",
     "deployment_success",
     "deployment_failed",
     "status_update_event",
     "instance_changed_event",
+    "app_terminated_event",
 ];
 
-/// What an event asks for: the volumes of some apps, or (after a reconnect, when events may
-/// have been missed) all volumes.
+/// What an event asks for.
 #[derive(Debug, PartialEq, Eq)]
-enum Wanted {
+pub enum Wanted {
+    /// Pass these apps.
     Apps(Vec<String>),
+    /// The stream (re)connected: trust nothing cached, pass every app.
     Everything,
+    /// The stream broke: the cache can no longer be trusted.
+    Lost,
 }
 
-fn wanted(event: &MarathonEvent) -> Wanted {
+pub fn wanted(event: &MarathonEvent) -> Wanted {
     match event {
-        MarathonEvent::StreamAttached => Wanted::Everything,
-        MarathonEvent::DeploymentSuccess(d) | MarathonEvent::DeploymentFailed(d) => {
-            Wanted::Apps(d.affected_apps())
-        }
+        MarathonEvent::Connected => Wanted::Everything,
+        MarathonEvent::Disconnected => Wanted::Lost,
+        MarathonEvent::DeploymentInfo(d)
+        | MarathonEvent::DeploymentSuccess(d)
+        | MarathonEvent::DeploymentFailed(d) => Wanted::Apps(d.affected_apps()),
+        MarathonEvent::Other { data, .. } => Wanted::Apps(
+            data.get("appId")
+                .and_then(|v| v.as_str())
+                .map(str::to_owned)
+                .into_iter()
+                .collect(),
+        ),
         other => Wanted::Apps(other.app_id().map(str::to_owned).into_iter().collect()),
     }
 }
 
-/// Reconcile requests for the volumes of apps Marathon reports changes for, at most one per app
-/// per `window`.
-pub fn marathon_events(
+/// Follows Marathon's event stream until the controller stops.
+pub async fn marathon_events(
     marathon: MarathonClient,
+    queue: Arc<AppQueue>,
     volumes: Arc<VolumeCache>,
-    window: Duration,
-) -> impl Stream<Item = ObjectRef<StatefulLocalVolume>> + Send + 'static {
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(read_events(marathon, tx));
-    futures::stream::unfold((rx, volumes), move |(mut rx, volumes)| async move {
-        let first = rx.recv().await?;
-        let mut apps = BTreeSet::new();
-        let mut everything = false;
-        let mut take = |w: Wanted| match w {
-            Wanted::Everything => everything = true,
-            Wanted::Apps(a) => apps.extend(a),
-        };
-        take(first);
-        let deadline = tokio::time::Instant::now() + window;
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep_until(deadline) => break,
-                next = rx.recv() => match next {
-                    Some(w) => take(w),
-                    None => break,
-                },
-            }
-        }
-        let objs = if everything {
-            volumes.all()
-        } else {
-            apps.iter().flat_map(|app| volumes.of_app(app)).collect()
-        };
-        let refs: Vec<ObjectRef<StatefulLocalVolume>> =
-            objs.iter().map(|v| ObjectRef::from_obj(v.as_ref())).collect();
-        Some((futures::stream::iter(refs), (rx, volumes)))
-    })
-    .flatten()
-}
-
-async fn read_events(marathon: MarathonClient, tx: mpsc::UnboundedSender<Wanted>) {
+    apps: Arc<AppCache>,
+) {
     let mut events = marathon.events(EVENT_TYPES);
     loop {
         match events.next().await {
-            Ok(event) => {
-                let w = wanted(&event);
-                if w == Wanted::Apps(Vec::new()) {
-                    continue;
+            Ok(event) => match wanted(&event) {
+                Wanted::Apps(ids) => {
+                    for id in ids {
+                        apps.invalidate(&id);
+                        queue.trigger(&id);
+                    }
                 }
-                if tx.send(w).is_err() {
-                    return; // the controller stopped
+                Wanted::Everything => {
+                    info!("connected to Marathon's event stream; passing every app");
+                    apps.stream_connected();
+                    for app in volumes.apps() {
+                        queue.trigger(&app);
+                    }
                 }
-            }
+                Wanted::Lost => {
+                    debug!("Marathon's event stream broke; reconnecting");
+                    apps.stream_lost();
+                }
+            },
             Err(e) => {
                 // Only errors a reconnect cannot fix reach here (e.g. bad credentials): the
-                // periodic resync still covers every volume.
+                // periodic resync still covers every app, reading each from Marathon.
+                apps.stream_lost();
                 warn!(error = %e, "Marathon event stream failed; relying on resync");
                 tokio::time::sleep(Duration::from_secs(30)).await;
             }
         }
+    }
+}
+
+/// Every `period`, reads every app in one request and renews the cache, so that the passes of
+/// a resync find their apps there.
+pub async fn bulk_refresh(
+    marathon: MarathonClient,
+    apps: Arc<AppCache>,
+    metrics: Arc<Metrics>,
+    period: Duration,
+) {
+    let mut next = Instant::now();
+    loop {
+        tokio::time::sleep_until(next).await;
+        next = Instant::now() + period;
+        let ticket = apps.ticket();
+        match marathon.list_apps("/").await {
+            Ok(list) => {
+                metrics.marathon("list_apps", "200");
+                let n = list.len();
+                for app in list {
+                    let id = app.id.clone();
+                    apps.store(ticket, &id, Arc::new(app.slim()));
+                }
+                debug!(apps = n, "read every app from Marathon");
+            }
+            Err(e) => {
+                metrics.marathon("list_apps", super::metrics::marathon_code(&e));
+                warn!(error = %e, "cannot list Marathon's apps; passes read their apps one by one");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::marathon::sse::SseFrame;
+
+    fn event(data: serde_json::Value) -> MarathonEvent {
+        MarathonEvent::from_frame(&SseFrame {
+            event: data["eventType"].as_str().unwrap_or_default().into(),
+            data: data.to_string(),
+        })
+    }
+
+    #[test]
+    fn events_name_the_apps_to_pass() {
+        let deployed =
+            event(json!({"eventType": "deployment_info", "plan": {"id": "d", "affectedApps": ["/a", "/b"]}}));
+        assert_eq!(wanted(&deployed), Wanted::Apps(vec!["/a".into(), "/b".into()]));
+        let status = event(
+            json!({"eventType": "status_update_event", "taskId": "t", "taskStatus": "TASK_RUNNING", "appId": "/a", "host": "n"}),
+        );
+        assert_eq!(wanted(&status), Wanted::Apps(vec!["/a".into()]));
+        let terminated = event(json!({"eventType": "app_terminated_event", "appId": "/gone"}));
+        assert_eq!(wanted(&terminated), Wanted::Apps(vec!["/gone".into()]));
+        assert_eq!(wanted(&MarathonEvent::Connected), Wanted::Everything);
+        assert_eq!(wanted(&MarathonEvent::Disconnected), Wanted::Lost);
+        assert_eq!(wanted(&MarathonEvent::StreamAttached), Wanted::Apps(vec![]));
     }
 }

@@ -1,14 +1,18 @@
 //! The `StatefulLocalVolume` custom resource (`berth.dev/v1alpha1`, short name `slv`).
 //!
-//! The Rust types are the source of truth: `berth crd` prints the CRD generated from them and
-//! `crds/` holds a copy that a test keeps equal. The schema carries what an apiserver can check
-//! (types, patterns, lengths, CEL rules on servers that run CEL); [`validate`] checks everything
-//! again in the controller, because older apiservers (such as the 1.20 one the tests use) ignore
-//! CEL.
+//! The Rust types are the source of truth: `berth crd` prints the CRD generated from them
+//! ([`definition`]) and `crds/` holds a copy that a test keeps equal. The schema carries what an
+//! apiserver can check (types, lengths, and CEL rules with readable messages on servers that run
+//! CEL, see [`rules`]); [`validate`] checks everything again in the controller, with the same
+//! words, because older apiservers (such as the 1.20 one the tests use) ignore CEL.
 
+pub mod rules;
 pub mod validate;
 
-use k8s_openapi::apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::Condition};
+use k8s_openapi::{
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::Condition},
+};
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -19,10 +23,6 @@ pub use validate::{SpecError, VolumeRequest};
 pub const GROUP: &str = "berth.dev";
 /// Finalizer that keeps a volume until its Marathon app is cleaned up.
 pub const FINALIZER: &str = "berth.dev/volume";
-
-/// An absolute path with plain components of printable ASCII other than `/ : , \`, none of them
-/// `.` or `..` (RE2 has no look-ahead, hence the spelled-out alternatives).
-const PATH_PATTERN: &str = r"^(/+([ -+\-0-9;-\[\]-~][ -+\--.0-9;-\[\]-~]*|\.[ -+\-0-9;-\[\]-~][ -+\--.0-9;-\[\]-~]*|\.\.[ -+\--.0-9;-\[\]-~]+))+/*$";
 
 /// A local volume for a Marathon app: a directory or file beneath the tenant's root on one host,
 /// mounted into the app's Docker container, with the app pinned to that host.
@@ -43,6 +43,9 @@ const PATH_PATTERN: &str = r"^(/+([ -+\-0-9;-\[\]-~][ -+\--.0-9;-\[\]-~]*|\.[ -+
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", description = "Why the volume is (not) ready", priority = "1"),
     printcolumn(name = "HostPath", type_ = "string", json_path = ".status.hostPath", description = "Absolute path of the data on the host", priority = "1"),
+    printcolumn(name = "Capacity", type_ = "string", json_path = ".spec.capacity", description = "Most the volume may hold", priority = "1"),
+    printcolumn(name = "Used", type_ = "string", json_path = ".status.usage.used", description = "What the volume holds, as its host last measured it", priority = "1"),
+    printcolumn(name = "Limit", type_ = "string", json_path = ".status.usage.limit", description = "Enforced: the host refuses writes past the capacity; Advisory: the capacity only steers placement", priority = "1"),
     validation = Rule::new("!has(self.spec.seed) || (has(self.spec.type) && self.spec.type == 'File')")
         .message("spec.seed is only allowed with spec.type: File")
         .field_path(".spec.seed"),
@@ -52,24 +55,24 @@ const PATH_PATTERN: &str = r"^(/+([ -+\-0-9;-\[\]-~][ -+\--.0-9;-\[\]-~]*|\.[ -+
 )]
 #[serde(rename_all = "camelCase")]
 pub struct StatefulLocalVolumeSpec {
-    /// Marathon app id that mounts this volume, e.g. /toto/web. It must lie inside the tenant's
-    /// Marathon group (by default /<namespace>/). Immutable: create a new volume to move data to
-    /// another app.
-    #[schemars(
-        length(min = 2, max = 512),
-        regex(pattern = r"^(/[a-z0-9]([a-z0-9.-]*[a-z0-9])?)+$")
-    )]
+    /// Marathon app id that mounts this volume, e.g. /toto/web: lower-case letters, digits, '-'
+    /// and '.'. It must lie inside the tenant's Marathon group (by default /<namespace>/), and
+    /// not be the group itself. Immutable: create a new volume to move data to another app.
+    #[schemars(schema_with = "rules::app_id")]
     #[x_kube(validation = Rule::new("self == oldSelf").message("spec.app is immutable"))]
     pub app: String,
 
-    /// Absolute path inside the container where the volume is mounted, e.g. /var/lib/data.
-    #[schemars(length(min = 2, max = 4095), regex(pattern = PATH_PATTERN))]
+    /// Absolute path inside the container where the volume is mounted, e.g. /var/lib/data. The
+    /// same rules as hostPath.
+    #[schemars(schema_with = "rules::volume_path")]
     pub container_path: String,
 
     /// Path of the data relative to the tenant's root on the host, written as an absolute path:
-    /// /var/log becomes /containerdata/user-<tenant>/var/log. No '..', '.', ':' or ','. Fixed once
-    /// the volume holds data (status.hostPath is set).
-    #[schemars(length(min = 2, max = 4095), regex(pattern = PATH_PATTERN))]
+    /// /var/log becomes /containerdata/user-<tenant>/var/log. An absolute path of printable ASCII
+    /// names: no '..' or '.' components, no ':', ',' or backslash, no name that starts or ends
+    /// with a space, at most 32 components. Fixed once the volume holds data (status.hostPath is
+    /// set).
+    #[schemars(schema_with = "rules::volume_path")]
     pub host_path: String,
 
     /// What to create on the host: Directory (default) or File. A File volume is created as an
@@ -82,15 +85,18 @@ pub struct StatefulLocalVolumeSpec {
     pub read_only: bool,
 
     /// Owner of the volume as seen inside the container. berth maps the ids through the host's
-    /// user-namespace remap, so a process running as this uid can write its volume.
+    /// user-namespace remap, so a process running as this uid can write its volume. Changing it
+    /// re-owns the volume and every entry in it that the previous owner held (not hard-linked
+    /// files, not across mount points); the OwnerChanged event says how many.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<Owner>,
 
-    /// Permission bits in octal, e.g. "0750" or "640". Defaults: 0755 for a Directory, 0644 for a
-    /// File. setuid, setgid and sticky bits are not allowed.
+    /// Permission bits in octal, as a quoted string: "0750" or "640" (unquoted, YAML reads 0750
+    /// as the number 488). Defaults: 0755 for a Directory, 0644 for a File. setuid, setgid and
+    /// sticky bits are not allowed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^0?[0-7]{3}$"))]
-    pub permissions: Option<String>,
+    #[schemars(schema_with = "rules::permissions")]
+    pub permissions: Option<Permissions>,
 
     /// Initial content of a File volume, written only when the file does not exist yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -100,8 +106,11 @@ pub struct StatefulLocalVolumeSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placement: Option<Placement>,
 
-    /// Expected size, e.g. 10Gi: berth places the volume on a host with at least this much free
-    /// space.
+    /// Most the volume may hold, e.g. 10Gi (at least 1Mi). berth places the volume on a host with
+    /// this much free space that has not been promised to other volumes, and where the host's
+    /// filesystem can enforce it (btrfs, XFS with project quotas) the kernel refuses writes past
+    /// it; elsewhere it is advisory (status.usage.limit says which). Can grow or shrink in place,
+    /// but not below what the volume holds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity: Option<Quantity>,
 
@@ -109,6 +118,12 @@ pub struct StatefulLocalVolumeSpec {
     /// keeps it, Delete removes it.
     #[serde(default)]
     pub reclaim_policy: ReclaimPolicy,
+
+    /// Take over data already at hostPath on the host when the volume is first bound: data from
+    /// before berth, or data a deleted volume left (reclaimPolicy: Retain). Without it berth binds
+    /// a new volume only to data it creates for it, and says so when something is already there.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adopt_data: bool,
 
     /// Allow the old and the new task of the app to run at the same time during a restart. By
     /// default berth makes restarts single-writer (old tasks stop before new ones start), so two
@@ -126,6 +141,22 @@ pub enum VolumeType {
     Directory,
     /// A regular file (created empty or from `seed`; its parents are directories).
     File,
+}
+
+/// Permission bits as written: a string such as `"0750"`, or the number YAML makes of an unquoted
+/// `0750`, which the controller refuses with a hint (the schema accepts both so that the hint
+/// reaches the user).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum Permissions {
+    Text(String),
+    Number(serde_json::Number),
+}
+
+impl From<&str> for Permissions {
+    fn from(s: &str) -> Self {
+        Permissions::Text(s.to_owned())
+    }
 }
 
 /// Owner ids as seen inside the container.
@@ -152,7 +183,7 @@ pub struct Seed {
     /// Absolute path of a host file to copy, e.g. /etc/localtime. The agent only copies files on
     /// its allowlist.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 2, max = 4095), regex(pattern = PATH_PATTERN))]
+    #[schemars(schema_with = "rules::volume_path")]
     pub copy_from_host: Option<String>,
 }
 
@@ -161,10 +192,7 @@ pub struct Seed {
 pub struct Placement {
     /// Host name exactly as Mesos offers it (what Marathon's hostname constraints match), e.g.
     /// node-3 or 10.0.2.148. Every volume of one app must name the same host.
-    #[schemars(
-        length(min = 1, max = 253),
-        regex(pattern = r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
-    )]
+    #[schemars(schema_with = "rules::host_name")]
     pub host: String,
 }
 
@@ -192,6 +220,16 @@ pub struct StatefulLocalVolumeStatus {
     /// Absolute path of the data on the host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_path: Option<String>,
+    /// The Marathon app berth bound the data to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+    /// The tenant whose root holds the data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// berth's seal over host, hostPath, app and tenant: berth acts on them only when it wrote
+    /// them itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal: Option<String>,
     /// The metadata.generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
@@ -200,6 +238,53 @@ pub struct StatefulLocalVolumeStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
+    /// berth marked the data on its host with this volume's identity: from then on it binds the
+    /// volume only to data that carries the mark, and reports data that is gone or not the
+    /// volume's instead of mounting it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_marked: Option<bool>,
+    /// What the volume holds on its host, and how its capacity is held. Updated when it changes
+    /// by a step worth showing (1% of the capacity; without one, a tenth or 64Mi), not on every
+    /// measurement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<VolumeUsage>,
+}
+
+/// `status.usage`.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeUsage {
+    /// How spec.capacity is held: Enforced (the host's kernel refuses writes past it) or
+    /// Advisory (it only steers placement; see limitMessage). Absent without spec.capacity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<LimitMode>,
+    /// Why the capacity is not enforced, or not as asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_message: Option<String>,
+    /// What the volume holds, e.g. 1.2Gi.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used: Option<String>,
+    /// The same in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_bytes: Option<i64>,
+    /// Files and directories in the volume, where the host counts them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_inodes: Option<i64>,
+    /// usedBytes as a percentage of spec.capacity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_percent: Option<i32>,
+    /// When the host measured it (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measured_at: Option<String>,
+}
+
+/// How a volume's capacity is held.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum LimitMode {
+    /// The host's kernel refuses writes past the capacity (btrfs qgroup, XFS project quota).
+    Enforced,
+    /// The capacity only steers placement: the host's filesystem cannot enforce it.
+    Advisory,
 }
 
 /// Life-cycle phase of a volume.
@@ -219,9 +304,41 @@ pub enum Phase {
     Failed,
 }
 
+impl Phase {
+    /// The phase as written in the status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "Pending",
+            Phase::Provisioning => "Provisioning",
+            Phase::Bound => "Bound",
+            Phase::Migrating => "Migrating",
+            Phase::Released => "Released",
+            Phase::Failed => "Failed",
+        }
+    }
+}
+
+/// The CRD as berth publishes it: what `StatefulLocalVolume::crd()` derives, without `nullable`
+/// (see [`rules::drop_nullable`]). Use this one, not `crd()`.
+pub fn definition() -> CustomResourceDefinition {
+    let mut crd = StatefulLocalVolume::crd();
+    for version in &mut crd.spec.versions {
+        if let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        {
+            let mut value = serde_json::to_value(&*schema).expect("a schema serializes to JSON");
+            rules::drop_nullable(&mut value);
+            *schema = serde_json::from_value(value).expect("the schema without nullable is a schema");
+        }
+    }
+    crd
+}
+
 /// The CRD as YAML, exactly as `crds/` holds it.
 pub fn crd_yaml() -> Result<String, serde_saphyr::SerializeError> {
-    serde_saphyr::to_string(&StatefulLocalVolume::crd())
+    serde_saphyr::to_string(&definition())
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 
 use std::{fmt, path::PathBuf};
 
-use super::{Owner, ReclaimPolicy, StatefulLocalVolumeSpec, VolumeType};
+use super::{Owner, Permissions, ReclaimPolicy, StatefulLocalVolumeSpec, VolumeType};
 use crate::tenant::{AppGroupRule, MarathonAppId, PathError, RootTemplate, TenantId, VolumePath};
 
 /// How tenants map to host roots and Marathon groups (the controller's configuration).
@@ -89,7 +89,8 @@ pub fn validate(
         .host_path(&host_path)
         .map_err(|e| SpecError::path("spec.hostPath", e))?;
     let mode = match &spec.permissions {
-        Some(p) => parse_mode(p).map_err(|m| SpecError::new("spec.permissions", m))?,
+        Some(Permissions::Text(p)) => parse_mode(p).map_err(|m| SpecError::new("spec.permissions", m))?,
+        Some(Permissions::Number(n)) => return Err(SpecError::new("spec.permissions", unquoted_mode(n))),
         None if spec.type_ == VolumeType::File => 0o644,
         None => 0o755,
     };
@@ -130,7 +131,19 @@ pub fn validate(
         None => None,
     };
     let capacity_bytes = match &spec.capacity {
-        Some(q) => Some(parse_bytes(&q.0).map_err(|m| SpecError::new("spec.capacity", m))?),
+        Some(q) => {
+            let bytes = parse_bytes(&q.0).map_err(|m| SpecError::new("spec.capacity", m))?;
+            if bytes < MIN_CAPACITY {
+                return Err(SpecError::new(
+                    "spec.capacity",
+                    format!(
+                        "{:?} is below 1Mi, the smallest capacity a host can hold a volume to",
+                        q.0
+                    ),
+                ));
+            }
+            Some(bytes)
+        }
         None => None,
     };
     Ok(VolumeRequest {
@@ -162,6 +175,16 @@ pub fn parse_mode(s: &str) -> Result<u32, String> {
     u32::from_str_radix(digits, 8).map_err(|e| e.to_string())
 }
 
+/// Why a number is not accepted as permissions, with the string to write instead.
+fn unquoted_mode(n: &serde_json::Number) -> String {
+    match n.as_u64().filter(|n| *n <= 0o777) {
+        Some(bits) => format!(
+            "is the number {n} (YAML reads an unquoted {bits:04o} as an octal number): write permissions as a quoted string such as \"{bits:04o}\""
+        ),
+        None => format!("is the number {n}: write permissions as a quoted string such as \"0755\""),
+    }
+}
+
 /// A host name or IPv4 address: letters, digits, '.' and '-', starting and ending with a letter or
 /// digit, at most 253 bytes.
 fn is_hostname(s: &str) -> bool {
@@ -173,6 +196,9 @@ fn is_hostname(s: &str) -> bool {
         && b[0].is_ascii_alphanumeric()
         && b[b.len() - 1].is_ascii_alphanumeric()
 }
+
+/// The smallest capacity: the agents hold volumes to no less.
+pub const MIN_CAPACITY: u64 = 1 << 20;
 
 /// Bytes in a Kubernetes quantity such as `10Gi`, `500M` or `1073741824`, rounded up.
 pub fn parse_bytes(q: &str) -> Result<u64, String> {

@@ -69,6 +69,21 @@ impl App {
         }
     }
 
+    /// The app without what berth never decides on: the fields it does not own at the top level
+    /// (`cmd`, `env`, `healthChecks`, …), the tasks' details and `versionInfo`. Enough to plan
+    /// with, and far smaller to keep in a cache; never enough to write back (a write reads the
+    /// app again first).
+    pub fn slim(mut self) -> App {
+        self.extra = Map::new();
+        self.version_info = None;
+        for t in self.tasks.iter_mut().flatten() {
+            t.extra = Map::new();
+            t.slave_id = None;
+            t.started_at = None;
+        }
+        self
+    }
+
     /// Host volumes of the container, in order.
     pub fn host_volumes(&self) -> impl Iterator<Item = &HostVolume> {
         self.container
@@ -242,10 +257,6 @@ impl UpgradeStrategy {
             extra: Map::new(),
         }
     }
-
-    pub fn is_single_writer(&self) -> bool {
-        self.minimum_health_capacity == 0.0 && self.maximum_over_capacity == 0.0
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -304,17 +315,6 @@ pub struct TaskFailure {
     pub version: Option<String>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
-}
-
-impl TaskFailure {
-    /// Docker mounted a directory onto a file or the reverse (host-safety §1.2): the substrings
-    /// are stable across runc generations.
-    pub fn is_mount_type_mismatch(&self) -> bool {
-        self.message.contains("not a directory")
-            || self
-                .message
-                .contains("Are you trying to mount a directory onto a file")
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

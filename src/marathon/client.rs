@@ -50,18 +50,28 @@ impl std::fmt::Debug for MarathonClient {
     }
 }
 
-/// Percent-encodes characters that cannot appear raw in a path; app ids keep their slashes.
+/// What is escaped in a request path: everything but unreserved characters, `/` (app ids keep
+/// their slashes) and `*` (a group's apps, `/v2/apps/group/*`).
+const PATH: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'/')
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'*');
+
 fn encode_path(path: &str) -> String {
-    let mut out = String::with_capacity(path.len());
-    for byte in path.bytes() {
-        match byte {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'/' | b'-' | b'.' | b'_' | b'~' | b'*' => {
-                out.push(byte as char)
-            }
-            other => out.push_str(&format!("%{other:02X}")),
+    percent_encoding::utf8_percent_encode(path, PATH).to_string()
+}
+
+/// A URL for messages: `user:password@` replaced by `***@`.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(scheme), Some(at)) if at > scheme && !url[scheme + 3..at].contains('/') => {
+            format!("{}***{}", &url[..scheme + 3], &url[at..])
         }
+        _ => url.to_owned(),
     }
-    out
 }
 
 /// `/prod/web` from `prod/web` or `/prod/web/`.
@@ -77,14 +87,42 @@ impl MarathonClient {
                 "at least one Marathon URL is needed".into(),
             ));
         }
+        // Credentials written into a URL (`http://user:pw@marathon:8080`) are taken out of it, so
+        // that no log line, span or error ever shows them, and used as basic auth.
+        let mut auth = config.auth.clone();
+        let mut urls = Vec::with_capacity(config.urls.len());
         for url in &config.urls {
-            let parsed = reqwest::Url::parse(url)
-                .map_err(|e| MarathonError::Config(format!("Marathon URL '{url}' is invalid: {e}")))?;
+            let mut parsed = reqwest::Url::parse(url).map_err(|e| {
+                MarathonError::Config(format!("Marathon URL '{}' is invalid: {e}", redact(url)))
+            })?;
             if parsed.scheme() != "http" && parsed.scheme() != "https" {
                 return Err(MarathonError::Config(format!(
-                    "Marathon URL '{url}' must be http or https"
+                    "Marathon URL '{}' must be http or https",
+                    redact(url)
                 )));
             }
+            if !parsed.username().is_empty() {
+                let user = percent_encoding::percent_decode_str(parsed.username())
+                    .decode_utf8_lossy()
+                    .into_owned();
+                let password = parsed
+                    .password()
+                    .map(|p| {
+                        percent_encoding::percent_decode_str(p)
+                            .decode_utf8_lossy()
+                            .into_owned()
+                    })
+                    .unwrap_or_default();
+                if matches!(auth, MarathonAuth::None) {
+                    auth = MarathonAuth::Basic {
+                        username: user,
+                        password,
+                    };
+                }
+                let _ = parsed.set_username("");
+                let _ = parsed.set_password(None);
+            }
+            urls.push(parsed.as_str().trim_end_matches('/').to_string());
         }
         let build = |timeout: Option<Duration>| -> Result<reqwest::Client, MarathonError> {
             let mut builder = reqwest::Client::builder().connect_timeout(config.connect_timeout);
@@ -115,15 +153,16 @@ impl MarathonClient {
             inner: Arc::new(Inner {
                 http: build(Some(config.request_timeout))?,
                 stream_http: build(None)?,
-                urls: config
-                    .urls
-                    .iter()
-                    .map(|u| u.trim_end_matches('/').to_string())
-                    .collect(),
-                auth: config.auth,
+                urls,
+                auth,
                 preferred: AtomicUsize::new(0),
             }),
         })
+    }
+
+    /// The Marathon base URLs, without any credentials they were given with.
+    pub fn urls(&self) -> &[String] {
+        &self.inner.urls
     }
 
     /// The base URL that answered last (requests start there).
@@ -314,15 +353,6 @@ impl MarathonClient {
             .await
     }
 
-    /// `DELETE /v2/apps/{id}`. Marathon defaults `force` to true here, so berth sends
-    /// `force=false` unless asked: a running deployment then gives [`MarathonError::Locked`].
-    pub async fn delete_app(&self, app_id: &str, force: bool) -> Result<DeploymentResult, MarathonError> {
-        let path = format!("/v2/apps{}", absolute_id(app_id));
-        let query = [("force", if force { "true" } else { "false" })];
-        self.json(Method::DELETE, &path, &query, None, Retry::Idempotent)
-            .await
-    }
-
     /// `POST /v2/apps/{id}/restart`: replaces every task under the current config (constraints
     /// included), e.g. to bring tasks placed before a pin back to the pinned host.
     pub async fn restart_app(&self, app_id: &str, force: bool) -> Result<DeploymentResult, MarathonError> {
@@ -336,30 +366,6 @@ impl MarathonClient {
     pub async fn deployments(&self) -> Result<Vec<Deployment>, MarathonError> {
         self.json(Method::GET, "/v2/deployments", &[], None, Retry::Idempotent)
             .await
-    }
-
-    /// Polls `/v2/deployments` until `deployment_id` is gone (finished deployments vanish).
-    /// Polling cannot tell success from a rollback; watch `deployment_failed` events for that.
-    pub async fn wait_for_deployment(
-        &self,
-        deployment_id: &str,
-        timeout: Duration,
-        poll_every: Duration,
-    ) -> Result<(), MarathonError> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let running = self.deployments().await?;
-            if !running.iter().any(|d| d.id == deployment_id) {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() + poll_every > deadline {
-                return Err(MarathonError::DeploymentTimeout {
-                    id: deployment_id.to_string(),
-                    seconds: timeout.as_secs(),
-                });
-            }
-            tokio::time::sleep(poll_every).await;
-        }
     }
 
     /// `GET /v2/queue`.
@@ -494,12 +500,12 @@ fn classify(url: &str, error: reqwest::Error) -> MarathonError {
     } else if error.is_connect() {
         MarathonError::Connect {
             url: url.to_string(),
-            source: error,
+            source: error.without_url(),
         }
     } else {
         MarathonError::Transport {
             url: url.to_string(),
-            source: error,
+            source: error.without_url(),
         }
     }
 }
@@ -507,6 +513,21 @@ fn classify(url: &str, error: reqwest::Error) -> MarathonError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_in_a_url_are_taken_out_and_never_shown() {
+        assert_eq!(redact("http://u:pw@m:8080/x"), "http://***@m:8080/x");
+        assert_eq!(redact("http://m:8080/a@b"), "http://m:8080/a@b");
+        crate::tls::install_crypto_provider();
+        let client =
+            MarathonClient::new(MarathonConfig::new(["http://berth:s%40cret@127.0.0.1:9/"])).unwrap();
+        assert_eq!(client.urls(), ["http://127.0.0.1:9"]);
+        assert!(
+            matches!(&client.inner.auth, MarathonAuth::Basic { username, password } if username == "berth" && password == "s@cret")
+        );
+        let bad = MarathonClient::new(MarathonConfig::new(["ftp://u:pw@m"])).unwrap_err();
+        assert!(!bad.to_string().contains("pw"), "{bad}");
+    }
 
     #[test]
     fn ids_and_paths_are_normalised() {

@@ -168,17 +168,6 @@ impl Constraints {
         out.insert(pin);
         Constraints(out)
     }
-
-    /// Removes every exact hostname pin.
-    pub fn without_pins(&self) -> Constraints {
-        Constraints(
-            self.0
-                .iter()
-                .filter(|c| c.pinned_host().is_none())
-                .cloned()
-                .collect(),
-        )
-    }
 }
 
 impl FromIterator<Constraint> for Constraints {

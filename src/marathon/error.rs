@@ -3,6 +3,8 @@
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::report::error_chain;
+
 /// One entry of a 422 body's `details`: the field path and its errors.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct ValidationDetail {
@@ -11,6 +13,9 @@ pub struct ValidationDetail {
     pub errors: Vec<String>,
 }
 
+/// `Connect` and `Transport` print the whole cause (reqwest's own message is only "error sending
+/// request"; the "Connection refused" is in its causes), and hold reqwest's error without its URL,
+/// which the variant already names.
 #[derive(Debug, thiserror::Error)]
 pub enum MarathonError {
     #[error("Marathon: {message} (check the app id and that the app was not deleted)")]
@@ -64,7 +69,8 @@ pub enum MarathonError {
     Timeout { url: String },
 
     #[error(
-        "cannot connect to Marathon at {url}: {source}; check the URL, DNS, TLS CA and that Marathon runs"
+        "cannot connect to Marathon at {url}: {}; check the URL, DNS, TLS CA and that Marathon runs",
+        error_chain(source)
     )]
     Connect {
         url: String,
@@ -72,7 +78,7 @@ pub enum MarathonError {
         source: reqwest::Error,
     },
 
-    #[error("request to Marathon at {url} failed: {source}")]
+    #[error("request to Marathon at {url} failed: {}", error_chain(source))]
     Transport {
         url: String,
         #[source]
@@ -84,14 +90,6 @@ pub enum MarathonError {
 
     #[error("Marathon client configuration: {0}")]
     Config(String),
-
-    #[error("deployment {id} failed in Marathon{}; look at the app's lastTaskFailure and the queue", reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default())]
-    DeploymentFailed { id: String, reason: Option<String> },
-
-    #[error(
-        "deployment {id} did not finish within {seconds}s; check /v2/queue for unsatisfiable constraints"
-    )]
-    DeploymentTimeout { id: String, seconds: u64 },
 }
 
 fn render_details(details: &[ValidationDetail]) -> String {

@@ -90,10 +90,17 @@ pub struct InstanceChangedEvent {
     pub run_spec_version: Option<String>,
 }
 
-/// A Marathon event, by its `eventType`.
+/// A Marathon event, by its `eventType`, or a change of the connection.
 #[derive(Debug, Clone, PartialEq)]
 pub enum MarathonEvent {
-    /// First on every (re)connection: whatever was cached may be stale, re-read state.
+    /// Not Marathon's: the stream (re)connected. Events may have been missed before it, so
+    /// whatever was cached may be stale: re-read state. Sent on every successful connection,
+    /// whatever the filter (Marathon filters its own `event_stream_attached` like any event).
+    Connected,
+    /// Not Marathon's: the stream broke; berth reconnects by itself. Until [`Self::Connected`],
+    /// events are missed.
+    Disconnected,
+    /// Marathon's `event_stream_attached`: only seen when the filter lets it through.
     StreamAttached,
     ApiPost(ApiPostEvent),
     DeploymentInfo(DeploymentEvent),
@@ -148,12 +155,26 @@ impl MarathonEvent {
     }
 }
 
-/// Backoff between reconnections: doubles from `initial` up to `max`, reset by a successful
+/// Backoff between reconnections: doubles from `initial` up to `max`, with jitter so that many
+/// controllers do not reconnect in step, reset by a successful
 /// connection.
 #[derive(Debug, Clone, Copy)]
 pub struct Backoff {
     pub initial: Duration,
     pub max: Duration,
+}
+
+impl Backoff {
+    fn delays(&self) -> backon::ExponentialBackoff {
+        use backon::BackoffBuilder;
+        backon::ExponentialBuilder::default()
+            .with_min_delay(self.initial)
+            .with_max_delay(self.max)
+            .with_factor(2.0)
+            .with_jitter()
+            .without_max_times()
+            .build()
+    }
 }
 
 impl Default for Backoff {
@@ -166,16 +187,19 @@ impl Default for Backoff {
 }
 
 /// A subscription to `/v2/events` that reconnects by itself. Call [`EventStream::next`] in a
-/// loop; after each reconnection the first event is [`MarathonEvent::StreamAttached`].
+/// loop; every successful connection is announced by [`MarathonEvent::Connected`] and every
+/// break by [`MarathonEvent::Disconnected`].
 pub struct EventStream {
     client: MarathonClient,
     event_types: Vec<String>,
     backoff: Backoff,
-    delay: Duration,
+    delays: backon::ExponentialBackoff,
     body: Option<futures::stream::BoxStream<'static, reqwest::Result<Vec<u8>>>>,
     parser: SseParser,
     ready: std::collections::VecDeque<SseFrame>,
     reconnects: u64,
+    /// A break to announce, then wait out, before connecting again.
+    broke: bool,
 }
 
 impl EventStream {
@@ -184,11 +208,12 @@ impl EventStream {
             client,
             event_types,
             backoff,
-            delay: backoff.initial,
+            delays: backoff.delays(),
             body: None,
             parser: SseParser::new(),
             ready: Default::default(),
             reconnects: 0,
+            broke: false,
         }
     }
 
@@ -205,15 +230,19 @@ impl EventStream {
                 return Ok(MarathonEvent::from_frame(&frame));
             }
             let Some(body) = self.body.as_mut() else {
+                if std::mem::take(&mut self.broke) {
+                    self.wait_and_grow().await;
+                }
                 match self.client.open_event_stream(&self.event_types).await {
                     Ok(response) => {
-                        self.delay = self.backoff.initial;
+                        self.delays = self.backoff.delays();
                         self.parser.reset();
                         // Chunks are copied out so no `bytes` dependency is needed; events are small.
                         self.body = Some(response.bytes_stream().map(|r| r.map(|b| b.to_vec())).boxed());
+                        return Ok(MarathonEvent::Connected);
                     }
                     Err(e) if e.is_retryable() => {
-                        warn!(error = %e, delay_ms = self.delay.as_millis() as u64, "Marathon event stream unavailable; retrying");
+                        warn!(error = %e, "Marathon event stream unavailable; retrying");
                         self.wait_and_grow().await;
                     }
                     Err(e) => return Err(e),
@@ -224,23 +253,26 @@ impl EventStream {
                 Some(Ok(chunk)) => self.ready.extend(self.parser.push(&chunk)),
                 Some(Err(e)) => {
                     debug!(error = %e, "Marathon event stream broke; reconnecting");
-                    self.body = None;
-                    self.reconnects += 1;
-                    self.wait_and_grow().await;
+                    return Ok(self.broken());
                 }
                 None => {
                     debug!("Marathon event stream ended; reconnecting");
-                    self.body = None;
-                    self.reconnects += 1;
-                    self.wait_and_grow().await;
+                    return Ok(self.broken());
                 }
             }
         }
     }
 
+    fn broken(&mut self) -> MarathonEvent {
+        self.body = None;
+        self.reconnects += 1;
+        self.broke = true;
+        MarathonEvent::Disconnected
+    }
+
     async fn wait_and_grow(&mut self) {
-        tokio::time::sleep(self.delay).await;
-        self.delay = (self.delay * 2).min(self.backoff.max);
+        let delay = self.delays.next().unwrap_or(self.backoff.max);
+        tokio::time::sleep(delay).await;
     }
 }
 

@@ -85,9 +85,61 @@ fn rejects_over_long_components_and_paths() {
         })
     );
     // Accepted as a user path, but too long once put under the tenant root.
-    let near = format!("{}/x", "/abcdefghi".repeat(409));
+    let near = format!(
+        "{}/{}",
+        format!("/{}", "a".repeat(255)).repeat(15),
+        "b".repeat(240)
+    );
     assert!(VolumePath::parse(&near).is_ok());
     assert!(matches!(host_path(&near), Err(PathError::TooLong { .. })));
+}
+
+#[test]
+fn rejects_paths_of_more_than_32_components() {
+    let at_limit = "/a".repeat(MAX_PATH_COMPONENTS);
+    assert_eq!(VolumePath::parse(&at_limit).unwrap().components().len(), 32);
+    // 2,001 components fit in PATH_MAX; each would be a directory the agent creates.
+    let deep = "/a".repeat(2001);
+    let e = VolumePath::parse(&deep).unwrap_err();
+    assert_eq!(e, PathError::TooManyComponents { count: 2001 });
+    assert_eq!(e.to_string(), "has 2001 components; the limit is 32");
+    // Folded slashes are not components.
+    assert!(VolumePath::parse(&format!("{at_limit}//")).is_ok());
+    assert!(VolumePath::parse(&format!("{at_limit}/b")).is_err());
+}
+
+#[test]
+fn rejects_names_that_start_or_end_with_a_space() {
+    for bad in ["/a/b ", "/ b", "/a/ /c", "/a/  "] {
+        assert!(
+            matches!(VolumePath::parse(bad), Err(PathError::EdgeSpace(_))),
+            "{bad:?}"
+        );
+    }
+    assert_eq!(
+        VolumePath::parse("/a/b ").unwrap_err().to_string(),
+        "has a component that starts or ends with a space (\"b \"): such names are easy to mistake; remove the space"
+    );
+    // Spaces inside a name are fine.
+    assert_eq!(
+        VolumePath::parse("/my data/x y").unwrap().as_string(),
+        "/my data/x y"
+    );
+}
+
+#[test]
+fn rejects_paths_deeper_than_the_limit() {
+    let at_limit = "/a".repeat(MAX_PATH_COMPONENTS);
+    assert_eq!(VolumePath::parse(&at_limit).unwrap().components().len(), 32);
+    let deeper = "/a".repeat(MAX_PATH_COMPONENTS + 1);
+    assert_eq!(
+        VolumePath::parse(&deeper),
+        Err(PathError::TooManyComponents { count: 33 })
+    );
+    assert_eq!(
+        VolumePath::parse(&deeper).unwrap_err().to_string(),
+        "has 33 components; the limit is 32"
+    );
 }
 
 #[test]
@@ -151,7 +203,17 @@ fn app_ids_must_be_inside_the_tenant_group() {
     assert_eq!(rule.group(&toto()), "/toto");
     assert!(rule.check(&toto(), "/toto/web").is_ok());
     assert!(rule.check(&toto(), "/toto/shop/db").is_ok());
-    for outside in ["/toto", "/totoevil/web", "/tata/web", "/web"] {
+    assert_eq!(
+        rule.check(&toto(), "/toto"),
+        Err(PathError::AppIsGroup {
+            group: "/toto".into()
+        })
+    );
+    assert_eq!(
+        rule.check(&toto(), "/toto").unwrap_err().to_string(),
+        "\"/toto\" is the tenant's Marathon group itself, not an app: name an app inside /toto/, e.g. /toto/web"
+    );
+    for outside in ["/totoevil/web", "/tata/web", "/web"] {
         assert_eq!(
             rule.check(&toto(), outside),
             Err(PathError::AppOutsideGroup {
@@ -225,6 +287,22 @@ fn namespaces_map_to_tenants() {
     let only = NamespaceMapping::new(&[("team-a-prod".into(), "teama".into())], true).unwrap();
     assert!(only.tenant("toto").unwrap_err().contains("not mapped"));
     assert!(NamespaceMapping::new(&[("x".into(), "Bad".into())], false).is_err());
+}
+
+#[test]
+fn an_explicit_mapping_reserves_its_tenant() {
+    let map = NamespaceMapping::new(&[("team-a".into(), "toto".into())], false).unwrap();
+    assert_eq!(map.tenant("team-a").unwrap().as_str(), "toto");
+    let msg = map.tenant("toto").unwrap_err();
+    assert!(
+        msg.contains("team-a") && msg.contains("cannot be tenant toto"),
+        "{msg}"
+    );
+    assert_eq!(
+        map.tenant("tata").unwrap().as_str(),
+        "tata",
+        "other namespaces keep their own name"
+    );
 }
 
 /// Pieces an attacker would try, mixed with ordinary names.

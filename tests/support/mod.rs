@@ -26,6 +26,7 @@ use kube::{
     config::{KubeConfigOptions, Kubeconfig},
 };
 
+pub mod loopfs;
 pub mod stack;
 
 /// Tests that create files owned by other users, mount and chown need root.
@@ -73,6 +74,68 @@ pub async fn admin_client() -> Client {
     let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
         .expect("load the test kubeconfig");
+    Client::try_from(config).expect("build a kube client")
+}
+
+/// Static token of the user `tenant`, as written by `scripts/kube-test-env`.
+pub const TENANT_TOKEN: &str = "tenanttoken";
+
+/// A client for the user `tenant`, after granting it what a tenant's admin has in namespace `ns`
+/// only: everything on StatefulLocalVolumes there, their status included.
+pub async fn tenant_client(ns: &str) -> Client {
+    use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+    let admin = admin_client().await;
+    let role = Role {
+        metadata: ObjectMeta {
+            name: Some("slv-admin".into()),
+            namespace: Some(ns.into()),
+            ..Default::default()
+        },
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec!["berth.dev".into()]),
+            resources: Some(vec![
+                "statefullocalvolumes".into(),
+                "statefullocalvolumes/status".into(),
+            ]),
+            verbs: vec!["*".into()],
+            ..Default::default()
+        }]),
+    };
+    let binding = RoleBinding {
+        metadata: ObjectMeta {
+            name: Some("slv-admin-tenant".into()),
+            namespace: Some(ns.into()),
+            ..Default::default()
+        },
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            kind: "Role".into(),
+            name: "slv-admin".into(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "User".into(),
+            name: "tenant".into(),
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            ..Default::default()
+        }]),
+    };
+    Api::<Role>::namespaced(admin.clone(), ns)
+        .create(&PostParams::default(), &role)
+        .await
+        .expect("create the tenant's Role");
+    Api::<RoleBinding>::namespaced(admin, ns)
+        .create(&PostParams::default(), &binding)
+        .await
+        .expect("bind the tenant's Role");
+    let text = std::fs::read_to_string(kubeconfig()).expect("read the test kubeconfig");
+    let kubeconfig = Kubeconfig::from_yaml(&text.replace(
+        &format!("token: {ADMIN_TOKEN}"),
+        &format!("token: {TENANT_TOKEN}"),
+    ))
+    .expect("a kubeconfig");
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("load the tenant's kubeconfig");
     Client::try_from(config).expect("build a kube client")
 }
 

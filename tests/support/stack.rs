@@ -6,6 +6,7 @@
 
 use std::{
     net::TcpListener,
+    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::Duration,
@@ -15,7 +16,8 @@ use marathon_sim::{Config as SimConfig, SimHandle, Simulator};
 
 use super::{kubeconfig, repo_root};
 
-pub const AGENT_TOKEN: &str = "test-agent-token";
+/// The controller's agent secret; each agent gets the token derived from it for its host.
+pub const AGENT_SECRET: &str = "test-agent-secret-0123456789";
 /// The remap every simulated host applies (a real dockremap range).
 pub const REMAP_BASE: u32 = 165536;
 
@@ -37,6 +39,11 @@ pub struct Host {
     pub root: PathBuf,
     pub url: String,
     agent: Child,
+    /// How the agent was started, to start it again.
+    args: Vec<std::ffi::OsString>,
+    log: PathBuf,
+    /// The host's own filesystem, when it has one (unmounted after the agent stopped).
+    pub fs: Option<super::loopfs::LoopBtrfs>,
 }
 
 impl Host {
@@ -51,6 +58,27 @@ impl Host {
         let _ = self.agent.kill();
         let _ = self.agent.wait();
     }
+
+    /// Kills the agent (SIGKILL) and starts it again with the same flags, appending to its log.
+    pub async fn restart_agent(&mut self) {
+        self.stop_agent();
+        self.agent = spawn_agent(&self.args, &self.log);
+        wait_http(&format!("{}/healthz", self.url)).await;
+    }
+}
+
+fn spawn_agent(args: &[std::ffi::OsString], log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("open the agent's log");
+    Command::new(berth_bin())
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start berth agent")
 }
 
 impl Drop for Host {
@@ -64,7 +92,7 @@ impl Drop for Host {
 pub struct Stack {
     pub sim: SimHandle,
     pub hosts: Vec<Host>,
-    pub agent_token_file: PathBuf,
+    pub agent_secret_file: PathBuf,
     pub dir: tempfile::TempDir,
 }
 
@@ -85,6 +113,9 @@ pub struct StackOptions {
     /// the host names must then be loopback addresses (127.0.0.2, …). Default: 127.0.0.1 and a
     /// port of its own per agent.
     pub shared_agent_port: Option<u16>,
+    /// Each host's `/containerdata` on a loop-mounted btrfs filesystem of this many MiB, its
+    /// agent started with `--enable-quota` (capacities enforced).
+    pub btrfs_mib: Option<u64>,
 }
 
 impl Default for StackOptions {
@@ -94,6 +125,7 @@ impl Default for StackOptions {
             sim: Box::new(|_, _| {}),
             attributes: Vec::new(),
             shared_agent_port: None,
+            btrfs_mib: None,
         }
     }
 }
@@ -128,9 +160,20 @@ impl Stack {
     pub async fn start_with(hostnames: &[&str], options: StackOptions) -> Stack {
         super::require_root();
         let dir = tempfile::tempdir().expect("a temp dir");
+        let mut filesystems: Vec<Option<super::loopfs::LoopBtrfs>> = hostnames
+            .iter()
+            .map(|_| options.btrfs_mib.map(super::loopfs::LoopBtrfs::new))
+            .collect();
         let roots: Vec<(String, PathBuf)> = hostnames
             .iter()
-            .map(|name| (name.to_string(), dir.path().join(name).join("containerdata")))
+            .zip(&filesystems)
+            .map(|(name, fs)| {
+                let root = match fs {
+                    Some(fs) => fs.path("containerdata"),
+                    None => dir.path().join(name).join("containerdata"),
+                };
+                (name.to_string(), root)
+            })
             .collect();
         for (_, root) in &roots {
             std::fs::create_dir_all(root).expect("create a host root");
@@ -151,8 +194,10 @@ impl Stack {
         let sim = Simulator::start(sim_config)
             .await
             .expect("start the Marathon simulator");
-        let agent_token_file = dir.path().join("agent-token");
-        std::fs::write(&agent_token_file, AGENT_TOKEN).expect("write the agent token");
+        let agent_secret_file = dir.path().join("agent-secret");
+        std::fs::write(&agent_secret_file, AGENT_SECRET).expect("write the agent secret");
+        std::fs::set_permissions(&agent_secret_file, std::fs::Permissions::from_mode(0o600))
+            .expect("make the secret private");
         let remap = format!("{}:{}", options.remap.0, options.remap.1);
         let mut hosts = Vec::new();
         for (name, root) in roots {
@@ -161,19 +206,41 @@ impl Stack {
                 Some(port) => format!("{name}:{port}"),
                 None => format!("127.0.0.1:{}", free_port()),
             };
-            let agent = Command::new(berth_bin())
-                .args(["agent", "--listen", &addr, "--hostname", name])
-                .arg("--token-file")
-                .arg(&agent_token_file)
-                .arg("--root-template")
-                .arg(root.join("user-{tenant}"))
-                .args(["--uid-map", &remap, "--gid-map", &remap])
-                .args(["--seed-allow", "/etc/localtime"])
-                .args(["--attributes", attributes_of(name)])
-                .stdout(Stdio::null())
-                .stderr(log_file(dir.path(), &format!("agent-{name}.log")))
-                .spawn()
-                .expect("start berth agent");
+            // Each agent knows only its own host's token.
+            let token_file = dir.path().join(format!("agent-token-{name}"));
+            std::fs::write(
+                &token_file,
+                berth::agent::credentials::host_token(AGENT_SECRET.as_bytes(), name),
+            )
+            .expect("write the host's agent token");
+            std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600))
+                .expect("make the token private");
+            let mut args: Vec<std::ffi::OsString> = ["agent", "--listen", &addr, "--hostname", name]
+                .iter()
+                .map(Into::into)
+                .collect();
+            args.push("--token-file".into());
+            args.push(token_file.clone().into());
+            args.push("--root-template".into());
+            args.push(root.join("user-{tenant}").into());
+            for a in [
+                "--uid-map",
+                &remap,
+                "--gid-map",
+                &remap,
+                "--seed-allow",
+                "/etc/localtime",
+            ] {
+                args.push(a.into());
+            }
+            args.push("--attributes".into());
+            args.push(attributes_of(name).into());
+            let fs = filesystems.remove(0);
+            if fs.is_some() {
+                args.push("--enable-quota".into());
+            }
+            let log = dir.path().join(format!("agent-{name}.log"));
+            let agent = spawn_agent(&args, &log);
             let url = format!("http://{addr}");
             wait_http(&format!("{url}/healthz")).await;
             hosts.push(Host {
@@ -181,13 +248,16 @@ impl Stack {
                 root,
                 url,
                 agent,
+                args,
+                log,
+                fs,
             });
         }
         Stack {
             dir,
             sim,
             hosts,
-            agent_token_file,
+            agent_secret_file,
         }
     }
 
@@ -238,13 +308,24 @@ impl Stack {
         namespace: &str,
         extra: &[&str],
     ) -> ControllerProcess {
+        self.controller_with_env(namespace, extra, &[]).await
+    }
+
+    /// [`Self::controller_without_static_agents`] with more environment variables (e.g. the
+    /// soak's crash points).
+    pub async fn controller_with_env(
+        &self,
+        namespace: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> ControllerProcess {
         let port = free_port();
         let log = self.dir.path().join(format!("controller-{port}.log"));
         let mut cmd = Command::new(berth_bin());
         cmd.arg("controller")
             .args(["--namespace", namespace, "--marathon-url", &self.sim.url()])
-            .arg("--agent-token-file")
-            .arg(&self.agent_token_file)
+            .arg("--agent-secret-file")
+            .arg(&self.agent_secret_file)
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(extra)
             // Quick defaults for tests, unless the caller sets them.
@@ -254,8 +335,14 @@ impl Stack {
                     .iter()
                     .filter(|_| !extra.contains(&"--debounce")),
             )
+            .args(
+                ["--outage-grace", "2s"]
+                    .iter()
+                    .filter(|_| !extra.contains(&"--outage-grace")),
+            )
             .env("KUBECONFIG", self.controller_kubeconfig())
             .env("RUST_LOG", "info,berth=debug")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("create the controller log"));
         let child = cmd.spawn().expect("start berth controller");
@@ -273,6 +360,15 @@ pub struct ControllerProcess {
 }
 
 impl ControllerProcess {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the process has ended (a crash point aborted it, say).
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
     /// Kills it at once (SIGKILL), as a crash would.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

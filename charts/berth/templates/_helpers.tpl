@@ -78,7 +78,11 @@ annotations:
 - --agent-scheme={{ $.Values.agents.scheme }}
 {{- end }}
 - --agent-timeout={{ .Values.agents.timeout }}
+{{- if .Values.agents.token.perHost }}
+- --agent-secret-file=/etc/berth/agent/token
+{{- else }}
 - --agent-token-file=/etc/berth/agent/token
+{{- end }}
 {{- if or .Values.agents.ca.configMapName .Values.agents.ca.secretName }}
 - --agent-ca-file=/etc/berth/agent-ca/ca.crt
 {{- end }}
@@ -92,6 +96,8 @@ annotations:
 {{- end }}
 - --resync={{ .Values.resync }}
 - --debounce={{ .Values.debounce }}
+- --usage-warning={{ .Values.capacity.usageWarning }}
+- --capacity-overcommit={{ .Values.capacity.overcommit }}
 - --listen=0.0.0.0:{{ .Values.port }}
 {{- if include "berth.leaderElect" . }}
 - --leader-elect

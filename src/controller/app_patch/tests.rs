@@ -134,7 +134,15 @@ fn removing_one_volume_keeps_the_others_and_the_pin() {
 fn drift_is_repaired() {
     let good = desired_app(&user_app(), &[vol("/data")], Some("node-1")).unwrap();
     let mut drifted = good.clone();
-    drifted.constraints = Some(drifted.constraints.unwrap().without_pins());
+    drifted.constraints = Some(
+        drifted
+            .constraints
+            .unwrap()
+            .iter()
+            .filter(|c| c.pinned_host().is_none())
+            .cloned()
+            .collect(),
+    );
     drifted
         .container
         .as_mut()

@@ -1,0 +1,175 @@
+//! berth's seal on what it records in a volume's status.
+//!
+//! A volume's status says where its data is (`host`, `hostPath`), which app it is bound to
+//! (`app`) and under which tenant's root (`tenant`). Whoever may write the status subresource can
+//! change those fields, so berth never acts on them unless they carry its seal: an HMAC-SHA256 of
+//! the fields and the volume's uid, keyed with a secret only the controller holds. A record whose
+//! seal does not verify is treated as absent: berth does not keep it mounted, delete data by it,
+//! or enforce immutability against it.
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+/// The sealed part of a volume's status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record<'a> {
+    pub uid: &'a str,
+    pub app: &'a str,
+    pub tenant: &'a str,
+    pub host: &'a str,
+    /// Absent between the placement record and the agent's first answer.
+    pub host_path: Option<&'a str>,
+}
+
+impl Record<'_> {
+    /// Unambiguous bytes to sign: every field is length-prefixed.
+    fn canonical(&self) -> Vec<u8> {
+        let mut out = b"berth-status-v1".to_vec();
+        for field in [
+            self.uid,
+            self.app,
+            self.tenant,
+            self.host,
+            self.host_path.unwrap_or("\u{0}"),
+        ] {
+            out.extend_from_slice(&(field.len() as u64).to_be_bytes());
+            out.extend_from_slice(field.as_bytes());
+        }
+        out
+    }
+}
+
+/// Seals and checks records.
+#[derive(Clone)]
+pub struct Sealer {
+    key: Vec<u8>,
+}
+
+impl std::fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sealer(<key redacted>)")
+    }
+}
+
+type HmacSha256 = Hmac<Sha256>;
+
+impl Sealer {
+    /// A sealer whose key is derived from `secret` (the agents' credential secret), so that
+    /// every replica of the controller holding the same secret seals alike.
+    pub fn new(secret: &[u8]) -> Self {
+        let mut mac = HmacSha256::new_from_slice(secret).unwrap_or_else(|_| unreachable_key());
+        mac.update(b"berth-status-seal-key-v1");
+        Self {
+            key: mac.finalize().into_bytes().to_vec(),
+        }
+    }
+
+    fn mac(&self, record: &Record<'_>) -> HmacSha256 {
+        let mut mac = HmacSha256::new_from_slice(&self.key).unwrap_or_else(|_| unreachable_key());
+        mac.update(&record.canonical());
+        mac
+    }
+
+    /// The seal of a record, as lower-case hex.
+    pub fn seal(&self, record: &Record<'_>) -> String {
+        hex(&self.mac(record).finalize().into_bytes())
+    }
+
+    /// Whether `seal` is this controller's seal of `record` (compared in constant time).
+    pub fn verify(&self, record: &Record<'_>, seal: &str) -> bool {
+        let Some(bytes) = unhex(seal) else {
+            return false;
+        };
+        self.mac(record).verify_slice(&bytes).is_ok()
+    }
+}
+
+/// HMAC accepts keys of any length; this cannot happen.
+fn unreachable_key() -> HmacSha256 {
+    unreachable!("HMAC-SHA256 takes keys of any length")
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record<'a>(host: &'a str, host_path: Option<&'a str>) -> Record<'a> {
+        Record {
+            uid: "uid-1",
+            app: "/toto/web",
+            tenant: "toto",
+            host,
+            host_path,
+        }
+    }
+
+    #[test]
+    fn a_seal_verifies_only_its_own_record_and_key() {
+        let sealer = Sealer::new(b"agent-secret");
+        let r = record("node-1", Some("/containerdata/user-toto/data"));
+        let seal = sealer.seal(&r);
+        assert!(sealer.verify(&r, &seal));
+        assert_eq!(seal.len(), 64);
+        // Any field changed, or another key, or junk: refused.
+        assert!(!sealer.verify(&record("node-2", Some("/containerdata/user-toto/data")), &seal));
+        assert!(!sealer.verify(&record("node-1", Some("/containerdata/user-tata/data")), &seal));
+        assert!(!sealer.verify(&record("node-1", None), &seal));
+        assert!(!sealer.verify(
+            &Record {
+                uid: "uid-2",
+                ..r.clone()
+            },
+            &seal
+        ));
+        assert!(!sealer.verify(
+            &Record {
+                tenant: "tata",
+                ..r.clone()
+            },
+            &seal
+        ));
+        assert!(!sealer.verify(
+            &Record {
+                app: "/toto/db",
+                ..r.clone()
+            },
+            &seal
+        ));
+        assert!(!Sealer::new(b"another-secret").verify(&r, &seal));
+        assert!(!sealer.verify(&r, "zz"));
+        assert!(!sealer.verify(&r, ""));
+    }
+
+    #[test]
+    fn fields_cannot_be_shifted_into_each_other() {
+        let sealer = Sealer::new(b"k");
+        let a = Record {
+            uid: "u",
+            app: "/a/b",
+            tenant: "c",
+            host: "h",
+            host_path: None,
+        };
+        let b = Record {
+            app: "/a/",
+            tenant: "bc",
+            ..a.clone()
+        };
+        assert_ne!(sealer.seal(&a), sealer.seal(&b));
+        assert_eq!(format!("{sealer:?}"), "Sealer(<key redacted>)");
+    }
+}
