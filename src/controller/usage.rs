@@ -21,7 +21,7 @@ pub struct Learnt {
     pub limit: Option<LimitState>,
     /// The agent's last measurement.
     pub measured: Option<UsageReport>,
-    /// The agent's last ensure made the volume: it held nothing then.
+    /// The agent's last ensure made the volume, with no seed: it held nothing then.
     pub created: bool,
     /// The agent marked the data with the volume's identity.
     pub marked: bool,

@@ -214,7 +214,9 @@ impl Ctx<'_> {
         let learnt = Learnt {
             limit: self.done.limit(i).cloned().or_else(|| v.learnt.limit.clone()),
             measured: v.learnt.measured.clone(),
-            created: answer.is_some_and(|a| a.state.created) || v.learnt.created,
+            // A seeded file held its seed when it was made: it waits for a measurement
+            // instead of showing 0.
+            created: (answer.is_some_and(|a| a.state.created) || v.learnt.created) && req.seed.is_none(),
             marked: answer.is_some_and(|a| a.identity.is_some()) || v.learnt.marked,
         };
         let warn = self.settings.usage_warning;

@@ -505,3 +505,28 @@ async fn a_missing_app_is_waited_for_and_a_failed_update_is_reported() {
     let (_, s) = statuses(&world.take()).pop().unwrap();
     assert_eq!(ready(&s).1, "AppUpdateRejected");
 }
+
+#[tokio::test]
+async fn a_new_empty_volume_shows_zero_used_and_a_seeded_file_waits_for_a_measurement() {
+    let world = World::new(Some(docker_app(APP, None)));
+    world.apply(volume("toto", "empty", spec("/a", "/data/a")));
+    world.apply(volume(
+        "toto",
+        "seeded",
+        json!({"app": APP, "containerPath": "/etc/app.conf", "hostPath": "/conf/app.conf",
+               "type": "File", "seed": {"content": "listen 80;\n"}}),
+    ));
+    let ctx = context(&world, NamespaceMapping::default());
+    pass(&ctx).await;
+    world.finish_deployments();
+    pass(&ctx).await;
+    let used = |name: &str| {
+        world
+            .get(name)
+            .and_then(|v| v.status)
+            .and_then(|s| s.usage)
+            .and_then(|u| u.used)
+    };
+    assert_eq!(used("empty").as_deref(), Some("0"));
+    assert_eq!(used("seeded"), None, "a seed is not nothing");
+}
