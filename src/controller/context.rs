@@ -74,6 +74,8 @@ pub struct Context {
     /// last request got.
     last_probe: Mutex<Option<Instant>>,
     last_outage: Mutex<Option<Failure>>,
+    /// Signalled when Marathon answers again after an outage.
+    marathon_back: tokio::sync::Notify,
     hosts_down_since: Mutex<HashMap<String, Instant>>,
     verified: Mutex<HashMap<String, Verified>>,
     /// The hosts' last measurement of each volume (by uid), from the verification.
@@ -133,6 +135,7 @@ impl Context {
             marathon_down_since: Mutex::default(),
             last_probe: Mutex::default(),
             last_outage: Mutex::default(),
+            marathon_back: tokio::sync::Notify::new(),
             hosts_down_since: Mutex::default(),
             verified: Mutex::default(),
             usage: Mutex::default(),
@@ -156,6 +159,18 @@ impl Context {
             .unwrap_or(BACKOFF_MAX);
         *n = n.saturating_add(1);
         delay
+    }
+
+    /// Apps whose last pass failed and that wait for their back-off.
+    pub fn failing_apps(&self) -> Vec<String> {
+        let failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        failures.keys().cloned().collect()
+    }
+
+    /// Resolves when Marathon answers again after an outage (at once if it did since the last
+    /// call).
+    pub async fn marathon_returned(&self) {
+        self.marathon_back.notified().await;
     }
 
     /// The app passed without a failure to retry.
@@ -185,7 +200,11 @@ impl Context {
     pub fn marathon_reachable(&self, reachable: bool) {
         let mut since = self.marathon_down_since.lock().unwrap_or_else(|e| e.into_inner());
         match (reachable, since.is_some()) {
-            (true, _) => *since = None,
+            (true, false) => {}
+            (true, true) => {
+                *since = None;
+                self.marathon_back.notify_one();
+            }
             (false, false) => *since = Some(Instant::now()),
             (false, true) => {}
         }
@@ -194,8 +213,9 @@ impl Context {
 
     /// Whether a pass may send Marathon a request now. While Marathon does not answer, passes
     /// share one probe per [`PROBE_INTERVAL`] instead of each trying (and each backing off) on
-    /// its own, so an outage costs a bounded request rate whatever the number of apps; the
-    /// event stream's reconnection passes every app as soon as Marathon is back.
+    /// its own, so an outage costs a bounded request rate whatever the number of apps; once
+    /// the probe gets an answer, the apps that waited are passed at once
+    /// ([`super::triggers::marathon_return`]).
     pub fn may_call_marathon(&self) -> bool {
         if self.marathon_down_for().is_none() {
             return true;

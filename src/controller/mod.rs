@@ -309,6 +309,7 @@ pub async fn run(args: ControllerArgs) -> Result<(), StartError> {
         metrics.clone(),
         args.resync,
     ));
+    tokio::spawn(triggers::marathon_return(ctx.clone(), queue.clone()));
     tokio::spawn(gauges(cache.clone(), queue.clone(), metrics.clone()));
     tokio::spawn(verifier::run(ctx.clone(), queue.clone(), args.resync));
     health.ready.store(true, Ordering::Relaxed);

@@ -13,7 +13,7 @@ use std::{sync::Arc, time::Duration};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::{app_cache::AppCache, cache::VolumeCache, metrics::Metrics, queue::AppQueue};
+use super::{app_cache::AppCache, cache::VolumeCache, context::Context, metrics::Metrics, queue::AppQueue};
 use crate::marathon::{MarathonClient, MarathonEvent};
 
 /// Event types that can change what berth sees in an app.
@@ -92,6 +92,23 @@ pub async fn marathon_events(
                 warn!(error = %e, "Marathon event stream failed; relying on resync");
                 tokio::time::sleep(Duration::from_secs(30)).await;
             }
+        }
+    }
+}
+
+/// When Marathon answers again after an outage, passes at once the apps that failed while it
+/// was away, instead of leaving each to its own back-off (up to 5 min) or to the event stream's
+/// reconnection (up to 30 s later).
+pub async fn marathon_return(ctx: Arc<Context>, queue: Arc<AppQueue>) {
+    loop {
+        ctx.marathon_returned().await;
+        let apps = ctx.failing_apps();
+        info!(
+            apps = apps.len(),
+            "Marathon answers again; passing the apps that waited for it"
+        );
+        for app in apps {
+            queue.trigger(&app);
         }
     }
 }

@@ -530,3 +530,40 @@ async fn a_new_empty_volume_shows_zero_used_and_a_seeded_file_waits_for_a_measur
     assert_eq!(used("empty").as_deref(), Some("0"));
     assert_eq!(used("seeded"), None, "a seed is not nothing");
 }
+
+#[tokio::test]
+async fn apps_that_waited_for_marathon_are_passed_as_soon_as_it_answers_again() {
+    use crate::controller::{queue::AppQueue, triggers};
+
+    let world = World::new(Some(docker_app(APP, None)));
+    let ctx = Arc::new(context(&world, NamespaceMapping::default()));
+    let queue = Arc::new(AppQueue::new(Duration::ZERO));
+    tokio::spawn(triggers::marathon_return(ctx.clone(), queue.clone()));
+
+    // Marathon answers without an outage: nothing to catch up on.
+    ctx.marathon_reachable(true);
+    let idle = tokio::time::timeout(Duration::from_millis(200), queue.next()).await;
+    assert!(idle.is_err(), "nothing was waiting: {idle:?}");
+
+    // Two apps failed during an outage and sit in their back-off (the second for minutes).
+    ctx.marathon_failed(&Failure::new(
+        Kind::Unreachable,
+        "Marathon is unavailable (HTTP 503)",
+    ));
+    ctx.backoff("/toto/a");
+    for _ in 0..8 {
+        ctx.backoff("/toto/b");
+    }
+    ctx.marathon_reachable(true);
+    let mut passed = Vec::new();
+    for _ in 0..2 {
+        let app = tokio::time::timeout(Duration::from_secs(2), queue.next())
+            .await
+            .expect("passed at once, not after the back-off")
+            .expect("the queue is open");
+        queue.done(&app, None);
+        passed.push(app);
+    }
+    passed.sort();
+    assert_eq!(passed, ["/toto/a", "/toto/b"]);
+}
