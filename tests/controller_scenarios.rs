@@ -305,7 +305,7 @@ async fn marathon_down_then_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_agent_is_reported_and_nothing_is_deleted() {
-    let (mut s, id, _ctl) = Scenario::with_running_app(&["node-1"], "web").await;
+    let (mut s, id, ctl) = Scenario::with_running_app(&["node-1"], "web").await;
     s.apply(
         "data",
         json!({"app": id, "containerPath": "/data", "hostPath": "/data", "reclaimPolicy": "Delete"}),
@@ -341,6 +341,23 @@ async fn a_lost_agent_is_reported_and_nothing_is_deleted() {
     assert_eq!(constraints(&app), constraints(&app_before));
     assert_eq!(host_volumes(&app), host_volumes(&app_before));
     assert_eq!(s.app_writes(&id), writes_before);
+    // Operators see since when the host is lost (for an alert on how long).
+    let metrics = reqwest::get(format!("{}/metrics", ctl.metrics))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let since: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("berth_host_unreachable_since_seconds{host=\"node-1\"}"))
+        .and_then(|l| l.rsplit_once(' ')?.1.parse().ok())
+        .unwrap_or(0.0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(since > now - 120.0 && since <= now, "{since} vs {now}: {metrics}");
 
     // Even deleting the volume (reclaimPolicy Delete) does not lose data while the host is away:
     // the finalizer holds until the agent can be asked.

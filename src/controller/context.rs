@@ -14,7 +14,7 @@ use super::{
     app_cache::AppCache,
     cache::VolumeCache,
     failure::Failure,
-    metrics::Metrics,
+    metrics::{HostLabels, Metrics},
     ports::{AgentsApi, KubeApi, MarathonApi},
     seal::Sealer,
     status::Written,
@@ -231,12 +231,27 @@ impl Context {
     }
 
     /// A host's agent answered (or not): keeps track of how long it has been away.
+    /// `berth_host_unreachable_since_seconds` says since when, so that an operator sees how
+    /// long a host has been lost (berth keeps its volumes pinned there meanwhile).
     pub fn host_reachable(&self, host: &str, reachable: bool) {
         let mut down = self.hosts_down_since.lock().unwrap_or_else(|e| e.into_inner());
-        if reachable {
+        let since = if reachable {
             down.remove(host);
+            Some(0)
+        } else if down.contains_key(host) {
+            None
         } else {
-            down.entry(host.to_owned()).or_insert_with(Instant::now);
+            down.insert(host.to_owned(), Instant::now());
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+            Some(now.map_or(1, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)))
+        };
+        if let Some(since) = since {
+            self.metrics
+                .host_unreachable_since
+                .get_or_create(&HostLabels {
+                    host: host.to_owned(),
+                })
+                .set(since);
         }
     }
 

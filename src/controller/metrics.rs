@@ -86,6 +86,7 @@ pub struct Metrics {
     pub host_size: Family<HostLabels, Gauge>,
     pub host_promised: Family<HostLabels, Gauge>,
     pub host_limits_enforced: Family<HostLabels, Gauge>,
+    pub host_unreachable_since: Family<HostLabels, Gauge>,
     /// The volume series each host's last verification set, to drop those of volumes gone.
     volume_series: Mutex<HashMap<String, HashSet<VolumeLabels>>>,
     pub passes: Counter,
@@ -136,6 +137,7 @@ impl Default for Metrics {
             host_size: Family::default(),
             host_promised: Family::default(),
             host_limits_enforced: Family::default(),
+            host_unreachable_since: Family::default(),
             volume_series: Mutex::default(),
             registry: Registry::default(),
         };
@@ -198,6 +200,11 @@ impl Default for Metrics {
             "marathon_app_writes",
             "App updates and restarts sent to Marathon (each restarts the app's tasks)",
             m.marathon_writes.clone(),
+        );
+        registry.register(
+            "host_unreachable_since_seconds",
+            "Unix time since which the host's berth agent does not answer, 0 while it answers; its volumes stay pinned there and nothing is deleted",
+            m.host_unreachable_since.clone(),
         );
         registry.register(
             "marathon_up",

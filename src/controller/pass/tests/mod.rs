@@ -567,3 +567,34 @@ async fn apps_that_waited_for_marathon_are_passed_as_soon_as_it_answers_again() 
     passed.sort();
     assert_eq!(passed, ["/toto/a", "/toto/b"]);
 }
+
+#[tokio::test]
+async fn a_lost_host_is_reported_with_since_when_and_cleared_when_it_answers() {
+    let world = World::new(Some(docker_app(APP, None)));
+    let ctx = context(&world, NamespaceMapping::default());
+    let series = |ctx: &Context| {
+        ctx.metrics
+            .render()
+            .lines()
+            .find(|l| l.starts_with("berth_host_unreachable_since_seconds{host=\"node-2\"}"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<i64>().ok())
+    };
+    ctx.host_reachable("node-2", true);
+    assert_eq!(series(&ctx), Some(0));
+
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    ctx.host_reachable("node-2", false);
+    let since = series(&ctx).unwrap();
+    assert!(since >= before && since <= before + 5, "{since} vs {before}");
+    // Later failures keep the first moment: it says how long the host has been away.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    ctx.host_reachable("node-2", false);
+    assert_eq!(series(&ctx), Some(since));
+
+    ctx.host_reachable("node-2", true);
+    assert_eq!(series(&ctx), Some(0));
+}
