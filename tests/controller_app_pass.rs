@@ -216,14 +216,7 @@ async fn each_host_confirms_its_volumes_in_one_request_and_drift_is_repaired() {
             .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
             .sum()
     };
-    let metrics = || async {
-        reqwest::get(format!("{}/metrics", ctl.metrics))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
+    let metrics = || async { ctl.metrics_text().await.expect("the controller's /metrics") };
     // Let binding settle, then watch two resync periods (3 s each in tests).
     tokio::time::sleep(Duration::from_secs(4)).await;
     let before = metrics().await;

@@ -16,7 +16,7 @@ use serde_json::json;
 use support::{
     admin_client,
     loopfs::fill,
-    stack::{StackOptions, eventually},
+    stack::{ControllerProcess, StackOptions, eventually},
 };
 use support_scenario::{Scenario, docker_app};
 
@@ -53,13 +53,8 @@ async fn events(s: &Scenario, reason: &str) -> Vec<String> {
 }
 
 /// The controller's metric line for the volume, if any.
-async fn metric(metrics_url: &str, name: &str, volume: &str) -> Option<f64> {
-    let text = reqwest::get(format!("{metrics_url}/metrics"))
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
+async fn metric(ctl: &ControllerProcess, name: &str, volume: &str) -> Option<f64> {
+    let text = ctl.metrics_text().await?;
     text.lines()
         .filter(|l| l.starts_with(name) && l.contains(&format!("volume=\"{volume}\"")))
         .find_map(|l| l.rsplit_once(' ')?.1.parse().ok())
@@ -108,16 +103,14 @@ async fn a_capacity_is_enforced_measured_warned_and_grown_in_place() {
     assert_eq!(warned.len(), 1, "{warned:?}");
     assert!(warned[0].contains("of its 16Mi capacity"), "{warned:?}");
     assert_eq!(
-        metric(&ctl.metrics, "berth_volume_limit_enforced", "data").await,
+        metric(&ctl, "berth_volume_limit_enforced", "data").await,
         Some(1.0)
     );
     assert_eq!(
-        metric(&ctl.metrics, "berth_volume_capacity_bytes", "data").await,
+        metric(&ctl, "berth_volume_capacity_bytes", "data").await,
         Some((16 * MIB) as f64)
     );
-    let used = metric(&ctl.metrics, "berth_volume_used_bytes", "data")
-        .await
-        .unwrap();
+    let used = metric(&ctl, "berth_volume_used_bytes", "data").await.unwrap();
     assert!(used >= (15 * MIB) as f64, "{used}");
 
     // Several verifications later the limit still holds: writing past it fails.

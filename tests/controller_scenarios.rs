@@ -147,13 +147,7 @@ async fn three_volumes_applied_together_make_one_write_and_steady_state_makes_no
     )
     .await;
     assert_eq!(before, after, "steady state must not write to Kubernetes");
-    let metrics = reqwest::get(format!("{}/metrics", ctl.metrics))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(metrics.contains("berth_marathon_app_writes_total 1"), "{metrics}");
+    assert_eq!(ctl.metric("berth_marathon_app_writes_total").await, Some(1.0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -280,18 +274,11 @@ async fn marathon_down_then_up() {
     let message = ready(s.wait_reason("data", "MarathonUnavailable", 30).await).message;
     assert!(message.contains("503"), "{message}");
     // The failures are counted as what they are: Marathon failing, a transient failure.
-    let metrics = reqwest::get(format!("{}/metrics", ctl.metrics))
+    let failures = ctl
+        .metric("berth_reconcile_errors_total{kind=\"marathon\",class=\"transient\"}")
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let failures: f64 = metrics
-        .lines()
-        .find(|l| l.starts_with("berth_reconcile_errors_total{kind=\"marathon\",class=\"transient\"}"))
-        .and_then(|l| l.rsplit_once(' ')?.1.parse().ok())
         .unwrap_or(0.0);
-    assert!(failures >= 1.0, "{metrics}");
+    assert!(failures >= 1.0, "{failures}");
     // Without Marathon, berth cannot know where the app runs: nothing is placed or created.
     assert_eq!(s.api.get("data").await.unwrap().status.unwrap().host, None);
     assert!(!s.stack.host("node-1").tenant_path(&s.ns, "/data").exists());
@@ -342,22 +329,15 @@ async fn a_lost_agent_is_reported_and_nothing_is_deleted() {
     assert_eq!(host_volumes(&app), host_volumes(&app_before));
     assert_eq!(s.app_writes(&id), writes_before);
     // Operators see since when the host is lost (for an alert on how long).
-    let metrics = reqwest::get(format!("{}/metrics", ctl.metrics))
+    let since = ctl
+        .metric("berth_host_unreachable_since_seconds{host=\"node-1\"}")
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let since: f64 = metrics
-        .lines()
-        .find(|l| l.starts_with("berth_host_unreachable_since_seconds{host=\"node-1\"}"))
-        .and_then(|l| l.rsplit_once(' ')?.1.parse().ok())
         .unwrap_or(0.0);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs_f64();
-    assert!(since > now - 120.0 && since <= now, "{since} vs {now}: {metrics}");
+    assert!(since > now - 120.0 && since <= now, "{since} vs {now}");
 
     // Even deleting the volume (reclaimPolicy Delete) does not lose data while the host is away:
     // the finalizer holds until the agent can be asked.
@@ -718,13 +698,7 @@ async fn a_mounted_volume_whose_spec_turns_invalid_keeps_its_mount_and_pin() {
     assert!(ready.message.contains("keeps"), "{}", ready.message);
     // Its phase stays Bound (the data is still mounted), but the alerting metric counts it.
     eventually(30, "the stalled gauge to count the held volume", || async {
-        let text = reqwest::get(format!("{}/metrics", ctl.metrics))
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        text.lines().any(|l| l == "berth_volumes_stalled 1").then_some(())
+        (ctl.metric("berth_volumes_stalled").await? == 1.0).then_some(())
     })
     .await;
 

@@ -15,7 +15,7 @@ use kube::{
 };
 use serde_json::json;
 use support::stack::eventually;
-use support_scenario::{Scenario, constraints, docker_app, host_volumes, pin, ready};
+use support_scenario::{Scenario, constraints, docker_app, host_volumes, pin, ready, wait_condition_in};
 
 /// The tenant's own view of its namespace: what it creates, it creates as `tenant`.
 async fn as_tenant(ns: &str) -> Api<StatefulLocalVolume> {
@@ -149,18 +149,7 @@ async fn an_explicit_mapping_reserves_its_tenant() {
         json!({"app": id, "containerPath": "/d", "hostPath": "/d"}),
     )
     .await;
-    let v = eventually(30, "the impostor's volume to be refused", || async {
-        let v = api.get("data").await.ok()?;
-        let r = v
-            .status
-            .as_ref()?
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "Ready")?
-            .clone();
-        (r.reason == "InvalidSpec").then_some(r)
-    })
-    .await;
+    let v = ready(wait_condition_in(&api, "data", "Ready", "InvalidSpec", 30).await);
     assert!(
         v.message.contains(&format!("maps namespace \"{}\"", s.ns)),
         "{}",
@@ -295,18 +284,7 @@ async fn another_tenants_volume_and_its_forged_status_change_nothing() {
     evil.patch_status("x", &PatchParams::apply("evil").force(), &Patch::Apply(&forged))
         .await
         .unwrap();
-    let r = eventually(30, "the evil volume to be refused", || async {
-        let v = evil.get("x").await.ok()?;
-        let r = v
-            .status
-            .as_ref()?
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "Ready")?
-            .clone();
-        (r.reason == "InvalidSpec").then_some(r)
-    })
-    .await;
+    let r = ready(wait_condition_in(&evil, "x", "Ready", "InvalidSpec", 30).await);
     assert!(
         r.message.contains("outside the tenant's Marathon group"),
         "{}",

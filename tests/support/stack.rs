@@ -379,6 +379,25 @@ impl ControllerProcess {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The controller's `/metrics` text; `None` while it does not answer.
+    pub async fn metrics_text(&self) -> Option<String> {
+        reqwest::get(format!("{}/metrics", self.metrics))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()
+    }
+
+    /// The value of one series exactly as rendered (`name` or `name{labels}`); `None` when the
+    /// series is absent or the controller does not answer.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        self.metrics_text()
+            .await?
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
     /// A memory figure of the process from /proc (e.g. `VmRSS`, `VmHWM`), in KiB.
     pub fn memory_kib(&self, field: &str) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;

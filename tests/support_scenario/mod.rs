@@ -101,16 +101,7 @@ impl Scenario {
         reason: &str,
         secs: u64,
     ) -> StatefulLocalVolume {
-        eventually(
-            secs,
-            &format!("{name} to have {type_} reason {reason}"),
-            || async {
-                let v = self.api.get(name).await.ok()?;
-                let c = v.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)?;
-                (c.reason == reason).then_some(v)
-            },
-        )
-        .await
+        wait_condition_in(&self.api, name, type_, reason, secs).await
     }
 
     pub async fn wait_bound(&self, name: &str) -> StatefulLocalVolume {
@@ -146,6 +137,27 @@ pub fn idle_docker_app(id: &str) -> Value {
 }
 
 /// The volume's Ready condition.
+/// Waits until volume `name`, read through `api` (a tenant's client, say), has the condition
+/// `type_` with this reason; returns the volume.
+pub async fn wait_condition_in(
+    api: &Api<StatefulLocalVolume>,
+    name: &str,
+    type_: &str,
+    reason: &str,
+    secs: u64,
+) -> StatefulLocalVolume {
+    eventually(
+        secs,
+        &format!("{name} to have {type_} reason {reason}"),
+        || async {
+            let v = api.get(name).await.ok()?;
+            let c = v.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)?;
+            (c.reason == reason).then_some(v)
+        },
+    )
+    .await
+}
+
 pub fn ready(v: StatefulLocalVolume) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
     v.status
         .expect("a status")
