@@ -92,7 +92,7 @@ struct Verified {
     repaired: Option<VolumeState>,
     /// How the agent holds the volume to its capacity, as the confirmation said.
     limit: Option<LimitState>,
-    /// The agent made the volume then: it held nothing.
+    /// The agent made the volume empty then ([`super::usage::made_empty`]).
     created: bool,
     /// The data carries the volume's identity.
     marked: bool,
@@ -268,7 +268,7 @@ impl Context {
     pub fn mark_verified(&self, uid: &str, generation: Option<i64>, answer: &EnsuredVolume, repaired: bool) {
         let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
         // Made empty by berth, until a measurement says more (later ensures find it).
-        let created = answer.state.created || verified.get(uid).is_some_and(|v| v.created);
+        let created = super::usage::made_empty(&answer.state) || verified.get(uid).is_some_and(|v| v.created);
         let marked = answer.identity.is_some() || verified.get(uid).is_some_and(|v| v.marked);
         verified.insert(
             uid.to_owned(),

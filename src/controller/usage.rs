@@ -8,7 +8,7 @@
 //! whichever is more), or when it crossed the warning threshold.
 
 use crate::{
-    agent::api::{LimitState, UsageReport},
+    agent::api::{EntryType, LimitState, UsageReport, VolumeState},
     crd::{LimitMode, VolumeUsage},
 };
 
@@ -21,10 +21,16 @@ pub struct Learnt {
     pub limit: Option<LimitState>,
     /// The agent's last measurement.
     pub measured: Option<UsageReport>,
-    /// The agent's last ensure made the volume, with no seed: it held nothing then.
+    /// An ensure made the volume empty ([`made_empty`]) and nothing was measured since.
     pub created: bool,
     /// The agent marked the data with the volume's identity.
     pub marked: bool,
+}
+
+/// The agent's ensure made the volume and it held nothing then: a new directory, or a new file
+/// with no seed (a seeded file waits for a measurement instead of showing 0).
+pub fn made_empty(state: &VolumeState) -> bool {
+    state.created && (state.entry_type == EntryType::Directory || state.size_bytes == 0)
 }
 
 /// The usage section the status should carry: `previous` with what was learnt, where it is

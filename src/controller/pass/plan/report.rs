@@ -214,9 +214,7 @@ impl Ctx<'_> {
         let learnt = Learnt {
             limit: self.done.limit(i).cloned().or_else(|| v.learnt.limit.clone()),
             measured: v.learnt.measured.clone(),
-            // A seeded file held its seed when it was made: it waits for a measurement
-            // instead of showing 0.
-            created: (answer.is_some_and(|a| a.state.created) || v.learnt.created) && req.seed.is_none(),
+            created: answer.is_some_and(|a| usage::made_empty(&a.state)) || v.learnt.created,
             marked: answer.is_some_and(|a| a.identity.is_some()) || v.learnt.marked,
         };
         let warn = self.settings.usage_warning;

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use crate::{
     agent::api::{
         DeleteResult, EnsureBody, EnsuredVolume, EntryType, HostInfo, LimitState, OwnerState, QuotaKind,
-        UsageReport, VolumeQuery, VolumeState,
+        Seed, UsageReport, VolumeQuery, VolumeState, VolumeType,
     },
     controller::{
         app_cache::AppCache,
@@ -332,7 +332,10 @@ impl AgentsApi for Ports {
                         tenant: req.tenant.clone(),
                         host_path: req.host_path.clone(),
                         absolute_path: format!("/containerdata/user-{}{}", req.tenant, req.host_path),
-                        entry_type: EntryType::Directory,
+                        entry_type: match req.volume_type {
+                            VolumeType::File => EntryType::File,
+                            _ => EntryType::Directory,
+                        },
                         owner: OwnerState {
                             host_uid: 0,
                             host_gid: 0,
@@ -340,7 +343,11 @@ impl AgentsApi for Ports {
                             container_gid: Some(0),
                         },
                         mode: "0755".into(),
-                        size_bytes: 0,
+                        size_bytes: match &req.seed {
+                            Some(Seed::Content(c)) => c.len() as u64,
+                            Some(Seed::CopyFromHost(_)) => 64,
+                            None => 0,
+                        },
                         created,
                         changed: created,
                         reowned: None,
