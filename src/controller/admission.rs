@@ -76,9 +76,7 @@ pub fn admitted_as_is(v: &StatefulLocalVolume) -> bool {
     v.status.as_ref().is_some_and(|s| {
         s.observed_generation.is_some()
             && s.observed_generation == v.metadata.generation
-            && s.conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.reason != "InvalidSpec")
+            && s.ready().is_some_and(|c| c.reason != "InvalidSpec")
     })
 }
 

@@ -276,12 +276,7 @@ impl VolumeCounts {
         let mut stalled = 0;
         for s in statuses.flatten() {
             if let Some(phase) = s.phase {
-                let reason = s
-                    .conditions
-                    .iter()
-                    .find(|c| c.type_ == "Ready")
-                    .map(|c| c.reason.clone())
-                    .unwrap_or_default();
+                let reason = s.ready().map(|c| c.reason.clone()).unwrap_or_default();
                 *by_phase.entry((phase.as_str(), reason)).or_insert(0) += 1;
             }
             if s.conditions

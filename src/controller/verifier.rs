@@ -44,11 +44,7 @@ fn bound_volumes(ctx: &Context) -> BTreeMap<String, Vec<Item>> {
             continue;
         }
         let obj = ctx.written.fresh(&obj);
-        let ready = obj.status.as_ref().is_some_and(|s| {
-            s.conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True")
-        });
+        let ready = obj.status.as_ref().is_some_and(|s| s.is_ready());
         let Some(record) =
             sealed_record(&ctx.sealer, &ctx.policy, &obj).filter(|r| ready && r.host_path.is_some())
         else {

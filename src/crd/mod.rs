@@ -304,6 +304,18 @@ pub enum Phase {
     Failed,
 }
 
+impl StatefulLocalVolumeStatus {
+    /// The Ready condition, when the status has one.
+    pub fn ready(&self) -> Option<&Condition> {
+        self.conditions.iter().find(|c| c.type_ == "Ready")
+    }
+
+    /// Whether the status says Ready=True.
+    pub fn is_ready(&self) -> bool {
+        self.ready().is_some_and(|c| c.status == "True")
+    }
+}
+
 impl Phase {
     /// The phase as written in the status.
     pub fn as_str(self) -> &'static str {

@@ -104,22 +104,12 @@ impl Vol {
 
     /// Whether berth reported the volume Ready before this pass.
     pub fn was_ready(&self) -> bool {
-        self.obj.status.as_ref().is_some_and(|s| {
-            s.conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True")
-        })
+        self.obj.status.as_ref().is_some_and(|s| s.is_ready())
     }
 
     /// The reason of the Ready condition berth last wrote.
     pub fn ready_reason(&self) -> Option<&str> {
-        self.obj
-            .status
-            .as_ref()?
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "Ready")
-            .map(|c| c.reason.as_str())
+        self.obj.status.as_ref()?.ready().map(|c| c.reason.as_str())
     }
 }
 

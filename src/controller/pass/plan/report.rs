@@ -120,7 +120,7 @@ pub(crate) fn kept_binding(v: &Vol) -> Binding {
 /// The Ready outcome the volume showed before this pass.
 fn previous_ready(v: &Vol) -> Option<Outcome> {
     let s = v.obj.status.as_ref()?;
-    let c = s.conditions.iter().find(|c| c.type_ == "Ready")?;
+    let c = s.ready()?;
     Some(Outcome::new(
         s.phase.unwrap_or(Phase::Pending),
         Reason::parse(&c.reason)?,
