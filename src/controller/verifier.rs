@@ -14,7 +14,7 @@ use kube::ResourceExt;
 use tracing::{debug, info};
 
 use super::{
-    admission::{Admission, Bound},
+    admission::Admission,
     context::Context,
     metrics::{HostFigures, VolumeFigures, VolumeLabels},
     pass::{observe::sealed_record, plan::ensure_request},
@@ -56,12 +56,7 @@ fn bound_volumes(ctx: &Context) -> BTreeMap<String, Vec<Item>> {
             policy: &ctx.policy,
             neighbours: &neighbours,
         };
-        let bound = Bound {
-            app: &record.app,
-            tenant: &record.tenant,
-            host_path: record.host_path.as_deref(),
-        };
-        let Ok(req) = admission.admit(&obj, Some(&bound)) else {
+        let Ok(req) = admission.admit(&obj, Some(&record.bound())) else {
             continue; // held: its pass keeps it as it is
         };
         let Some(uid) = obj.uid() else {

@@ -32,7 +32,7 @@ use std::{sync::Arc, time::Duration};
 
 use tracing::{Instrument, debug, info_span};
 
-use super::{context::Context, failure::Failure, placement::Candidate, usage::Learnt};
+use super::{admission::Bound, context::Context, failure::Failure, placement::Candidate, usage::Learnt};
 use crate::{
     crd::{StatefulLocalVolume, validate::VolumeRequest},
     marathon::App,
@@ -59,6 +59,17 @@ pub struct Recorded {
     pub host_path: Option<String>,
     /// The same path relative to the tenant's root (what the agent is asked about).
     pub rel_path: Option<String>,
+}
+
+impl Recorded {
+    /// The binding as admission weighs it.
+    pub fn bound(&self) -> Bound<'_> {
+        Bound {
+            app: &self.app,
+            tenant: &self.tenant,
+            host_path: self.host_path.as_deref(),
+        }
+    }
 }
 
 /// What a volume is to this pass.

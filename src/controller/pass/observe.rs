@@ -9,7 +9,7 @@ use tracing::debug;
 use super::{AppRead, Observed, Recorded, Role, Vol, plan};
 use crate::{
     controller::{
-        admission::{Admission, Bound},
+        admission::Admission,
         context::Context,
         failure::Failure,
         seal::{Record, Sealer},
@@ -37,8 +37,10 @@ pub async fn observe(ctx: &Context, app_id: &str) -> Observed {
         marathon_down_for: ctx.marathon_down_for(),
     };
     if plan::needs_candidates(&obs) {
-        obs.candidates = ctx.agents.candidates().await;
-        obs.candidates = std::mem::take(&mut obs.candidates)
+        obs.candidates = ctx
+            .agents
+            .candidates()
+            .await
             .into_iter()
             .map(|c| {
                 let promised = ctx.volumes.promised_bytes(&c.host);
@@ -177,11 +179,7 @@ pub fn classify(
         }
         Role::Leaving
     } else {
-        let bound = record.as_ref().map(|r| Bound {
-            app: &r.app,
-            tenant: &r.tenant,
-            host_path: r.host_path.as_deref(),
-        });
+        let bound = record.as_ref().map(Recorded::bound);
         match admission.admit(&obj, bound.as_ref()) {
             Ok(req) => Role::Active(Box::new(req)),
             Err(msg) if record.as_ref().is_some_and(|r| r.host_path.is_some()) => Role::Held(msg),
