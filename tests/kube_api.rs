@@ -155,6 +155,20 @@ async fn status_is_written_by_server_side_apply_and_identical_writes_are_no_ops(
         conditions: vec![ready("True", "Bound")],
         data_marked: None,
         usage: None,
+        migration: Some(berth::crd::MigrationStatus {
+            from: "node-1".into(),
+            to: "node-2".into(),
+            id: "abc-1".into(),
+            pass: 1,
+            progress: Some("Copying 1Mi of 2Mi, 1 of 2 files".into()),
+            ..Default::default()
+        }),
+        orphaned: vec![berth::crd::OrphanedData {
+            host: "node-0".into(),
+            host_path: format!("/containerdata/user-{ns}/data"),
+            abandoned_at: "2026-11-30T12:00:00Z".into(),
+            found: false,
+        }],
     };
     let body = json!({"apiVersion": "berth.dev/v1alpha1", "kind": "StatefulLocalVolume", "status": status});
     let params = PatchParams::apply("berth-test").force();

@@ -14,17 +14,23 @@ use tokio::{sync::Semaphore, time::Instant};
 use tracing::{debug, warn};
 
 use super::{
-    failure::Failure, metrics::Metrics, pass::plan::DataRef, placement::Candidate, ports::AgentsApi,
+    failure::Failure,
+    metrics::Metrics,
+    pass::plan::DataRef,
+    placement::Candidate,
+    ports::{AgentsApi, TransferOrder},
 };
 use crate::{
     agent::{
         api::{
-            BatchResult, DeleteResult, EnsureBody, EnsuredVolume, HostInfo, MAX_BATCH, ReleaseRequest,
+            BatchResult, CommitRequest, CommitResult, Compression, DeleteResult, EnsureBody, EnsuredVolume,
+            HostInfo, MAX_BATCH, ReleaseRequest, TransferRequest, TransferStatus, TransferTarget,
             UsageReport, VolumeQuery,
         },
         client::{AgentClient, AgentClientError, AgentClientOptions},
         identity::VolumeIdentity,
         ops::MAX_USAGE_BATCH,
+        transfer::TicketClaims,
     },
     marathon::MarathonClient,
 };
@@ -166,6 +172,11 @@ impl AgentDirectory {
                 cached.as_ref().map(|(_, h)| h.clone()).unwrap_or_default()
             }
         }
+    }
+
+    /// The URL of the agent of `host` (see [`AgentDirectory::client`]).
+    async fn url_of(&self, host: &str) -> Result<String, Failure> {
+        self.client(host).await.map(|c| c.base_url().to_owned())
     }
 
     /// The agent of `host`: the static list first, then the agent app's tasks (read again once
@@ -354,7 +365,131 @@ impl AgentsApi for AgentDirectory {
             r.map(|_| ()).map_err(|e| Failure::agent(host, &e))
         })
     }
+
+    fn release_found<'a>(&'a self, data: &'a DataRef) -> BoxFuture<'a, Result<bool, Failure>> {
+        Box::pin(self.release_answer(data))
+    }
+
+    fn start_transfer<'a>(
+        &'a self,
+        order: &'a TransferOrder,
+    ) -> BoxFuture<'a, Result<TransferStatus, Failure>> {
+        Box::pin(self.transfer(order))
+    }
+
+    fn transfer_status<'a>(
+        &'a self,
+        host: &'a str,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<TransferStatus>, Failure>> {
+        Box::pin(async move {
+            let client = self.client(host).await?;
+            let r = client.transfer_status(id).await;
+            self.count("transfer_status", host, &r);
+            r.map_err(|e| Failure::agent(host, &e))
+        })
+    }
+
+    fn cancel_transfer<'a>(&'a self, host: &'a str, id: &'a str) -> BoxFuture<'a, Result<(), Failure>> {
+        Box::pin(async move {
+            let client = self.client(host).await?;
+            let r = client.cancel_transfer(id).await;
+            self.count("cancel_transfer", host, &r);
+            r.map(|_| ()).map_err(|e| Failure::agent(host, &e))
+        })
+    }
+
+    fn discard_incoming<'a>(
+        &'a self,
+        host: &'a str,
+        id: &'a str,
+        tenant: &'a str,
+    ) -> BoxFuture<'a, Result<(), Failure>> {
+        Box::pin(async move {
+            let client = self.client(host).await?;
+            let r = client.discard_incoming(id, tenant).await;
+            self.count("discard_incoming", host, &r);
+            r.map(|_| ()).map_err(|e| Failure::agent(host, &e))
+        })
+    }
+
+    fn commit<'a>(
+        &'a self,
+        host: &'a str,
+        id: &'a str,
+        req: &'a CommitRequest,
+    ) -> BoxFuture<'a, Result<CommitResult, Failure>> {
+        Box::pin(async move {
+            let client = self.client(host).await?;
+            let _permit = self.limit(host).acquire_owned().await;
+            let r = client.commit(id, req).await;
+            self.count("commit", host, &r);
+            r.map_err(|e| Failure::agent(host, &e))
+        })
+    }
 }
+
+impl AgentDirectory {
+    async fn release_answer(&self, data: &DataRef) -> Result<bool, Failure> {
+        let Some(identity) = identity_of(data) else {
+            return Ok(false);
+        };
+        let host = data.host.as_str();
+        let client = self.client(host).await?;
+        let _permit = self.limit(host).acquire_owned().await;
+        let req = ReleaseRequest {
+            tenant: data.tenant.clone(),
+            host_path: data.host_path.clone(),
+            identity,
+        };
+        let r = client.release(&req).await;
+        self.count("release_volume", host, &r);
+        r.map(|answer| answer.existed)
+            .map_err(|e| Failure::agent(host, &e))
+    }
+
+    async fn transfer(&self, order: &TransferOrder) -> Result<TransferStatus, Failure> {
+        let identity = VolumeIdentity::parse(&order.identity).map_err(|_| {
+            Failure::new(
+                super::failure::Kind::Refused,
+                format!("{:?} is not a volume identity", order.identity),
+            )
+        })?;
+        let target_url = self.url_of(&order.to).await?;
+        let claims = TicketClaims {
+            transfer_id: order.id.clone(),
+            pass: order.pass,
+            tenant: order.tenant.clone(),
+            host_path: order.host_path.clone(),
+            identity: order.identity.clone(),
+            expires_at: crate::agent::transfer::ticket::now_secs() + TICKET_VALIDITY.as_secs(),
+        };
+        let ticket =
+            crate::agent::credentials::transfer_ticket(&self.credentials.token_for(&order.to), &claims);
+        let req = TransferRequest {
+            id: order.id.clone(),
+            tenant: order.tenant.clone(),
+            host_path: order.host_path.clone(),
+            identity,
+            pass: order.pass,
+            full: false,
+            compression: Compression::Auto,
+            target: TransferTarget {
+                url: target_url,
+                ticket,
+            },
+        };
+        let host = order.from.as_str();
+        let client = self.client(host).await?;
+        let _permit = self.limit(host).acquire_owned().await;
+        let r = client.start_transfer(&req).await;
+        self.count("start_transfer", host, &r);
+        r.map_err(|e| Failure::agent(host, &e))
+    }
+}
+
+/// How long a transfer ticket is valid: it only has to start one pass.
+const TICKET_VALIDITY: Duration = Duration::from_secs(3600);
 
 /// The identity a data reference names, when it is a valid one.
 fn identity_of(data: &DataRef) -> Option<VolumeIdentity> {

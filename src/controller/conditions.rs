@@ -75,11 +75,16 @@ pub enum Reason {
     /// The data at the volume's path is not the volume's: another volume's, released by a
     /// deleted volume, or of unknown origin; berth does not bind to it.
     WrongData,
+    /// The data is moving to another host and the app is stopped for the last copy.
+    Migrating,
+    /// The host was lost and the volume was given new, empty data elsewhere
+    /// (`hostLoss: Reprovision`).
+    Reprovisioned,
 }
 
 impl Reason {
     /// Every reason, for parsing what berth wrote before.
-    pub const ALL: [Reason; 25] = [
+    pub const ALL: [Reason; 27] = [
         Reason::Bound,
         Reason::InvalidSpec,
         Reason::ConflictingPlacement,
@@ -105,6 +110,8 @@ impl Reason {
         Reason::DeleteFailed,
         Reason::DataMissing,
         Reason::WrongData,
+        Reason::Migrating,
+        Reason::Reprovisioned,
     ];
 
     /// The reason named `s` (as written in a condition).
@@ -201,6 +208,10 @@ pub struct Binding {
     pub app: Option<String>,
     pub tenant: Option<String>,
     pub seal: Option<String>,
+    /// The move under way, written (and sealed) with the binding; `None` ends it.
+    pub migration: Option<crate::crd::MigrationStatus>,
+    /// Data left on lost hosts; `None` keeps what berth sealed before.
+    pub orphaned: Option<Vec<crate::crd::OrphanedData>>,
 }
 
 /// The status to write, keeping transition times from `previous`.
@@ -251,6 +262,8 @@ pub fn status(
         conditions,
         data_marked: None,
         usage: None,
+        migration: binding.migration,
+        orphaned: binding.orphaned.unwrap_or_default(),
     }
 }
 

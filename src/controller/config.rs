@@ -99,6 +99,11 @@ pub struct ControllerArgs {
     /// fifth of each disk unpromised.
     #[arg(long, env = "BERTH_CAPACITY_OVERCOMMIT", default_value_t = 1.0, value_parser = parse_overcommit)]
     pub capacity_overcommit: f64,
+    /// Longest a move to another host keeps an app stopped (scaled to 0 for the last copy):
+    /// past it berth gives up, starts the app again on its old host with its data untouched,
+    /// and tries again 10 minutes later.
+    #[arg(long, env = "BERTH_MIGRATION_STOP_LIMIT", default_value = "5m", value_parser = parse_duration)]
+    pub migration_stop_limit: Duration,
     /// Passes over apps that may run at once (each app is passed by one worker at a time).
     #[arg(long, env = "BERTH_WORKERS", default_value_t = 32)]
     pub workers: usize,

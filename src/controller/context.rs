@@ -39,6 +39,9 @@ pub struct Settings {
     pub usage_warning: f64,
     /// How far the capacities promised on a host may exceed its size (`--capacity-overcommit`).
     pub overcommit: f64,
+    /// Longest a move keeps an app stopped before berth gives up and starts it again on its
+    /// old host (`--migration-stop-limit`).
+    pub migration_stop_limit: Duration,
 }
 
 impl Default for Settings {
@@ -49,6 +52,7 @@ impl Default for Settings {
             outage_grace: Duration::from_secs(60),
             usage_warning: 0.9,
             overcommit: 1.0,
+            migration_stop_limit: Duration::from_secs(300),
         }
     }
 }
@@ -82,7 +86,12 @@ pub struct Context {
     usage: Mutex<HashMap<String, UsageReport>>,
     /// Hosts whose disk is nearly full (their volumes were warned).
     hosts_low: Mutex<std::collections::HashSet<String>>,
+    /// Apps whose last move was abandoned: when, and why (a new move waits a while).
+    abandoned: Mutex<HashMap<String, (Instant, String)>>,
 }
+
+/// After an abandoned move, how long berth waits before it tries the same app again.
+pub const MOVE_RETRY_AFTER: Duration = Duration::from_secs(600);
 
 /// The last time a volume's agent confirmed its data as the spec wants it.
 struct Verified {
@@ -140,6 +149,28 @@ impl Context {
             verified: Mutex::default(),
             usage: Mutex::default(),
             hosts_low: Mutex::default(),
+            abandoned: Mutex::default(),
+        }
+    }
+
+    /// A move of the app was abandoned for `why`.
+    pub fn move_abandoned(&self, app: &str, why: &str) {
+        self.abandoned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(app.to_owned(), (Instant::now(), why.to_owned()));
+    }
+
+    /// Why a new move of the app waits, with how long it still waits, when it does.
+    pub fn move_paused(&self, app: &str) -> Option<(String, Duration)> {
+        let mut map = self.abandoned.lock().unwrap_or_else(|e| e.into_inner());
+        let (at, why) = map.get(app)?;
+        match MOVE_RETRY_AFTER.checked_sub(at.elapsed()) {
+            Some(left) => Some((why.clone(), left)),
+            None => {
+                map.remove(app);
+                None
+            }
         }
     }
 

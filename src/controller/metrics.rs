@@ -101,12 +101,19 @@ pub struct Metrics {
     pub stalled: Gauge,
     pub queue: Gauge,
     pub deletes: Family<ResultLabels, Counter>,
+    pub migration_bytes: Counter,
+    pub migrations: Family<ResultLabels, Counter>,
+    pub migration_downtime: Histogram,
+    pub reprovisions: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: &'static str,
 }
+
+/// How moves of an app's data end.
+pub const MIGRATION_RESULTS: [&str; 2] = ["completed", "abandoned"];
 
 /// Results of asking an agent to delete a volume's data.
 pub const DELETE_RESULTS: [&str; 4] = ["deleted", "in_progress", "unreachable", "failed"];
@@ -130,6 +137,10 @@ impl Default for Metrics {
             stalled: Gauge::default(),
             queue: Gauge::default(),
             deletes: Family::default(),
+            migration_bytes: Counter::default(),
+            migrations: Family::default(),
+            migration_downtime: Histogram::new([1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0]),
+            reprovisions: Counter::default(),
             volume_used: Family::default(),
             volume_capacity: Family::default(),
             volume_limit_enforced: Family::default(),
@@ -241,6 +252,29 @@ impl Default for Metrics {
             "Deletions of a volume's data (reclaimPolicy Delete) by result: deleted, in_progress (the agent is still deleting; berth checks again), unreachable, failed (the agent refused; the volume says why)",
             m.deletes.clone(),
         );
+        registry.register(
+            "migration_bytes",
+            "Bytes of file data berth's agents sent to other hosts to move volumes (every pass, live and final)",
+            m.migration_bytes.clone(),
+        );
+        registry.register(
+            "migrations",
+            "Moves of an app's data to another host, by result: completed, abandoned (the app went back to its old host, its data untouched)",
+            m.migrations.clone(),
+        );
+        registry.register(
+            "migration_downtime_seconds",
+            "How long a move kept an app stopped: from berth scaling it to 0 until a task ran on the new host",
+            m.migration_downtime.clone(),
+        );
+        registry.register(
+            "reprovisions",
+            "Volumes given new, empty data on another host because their host was lost (hostLoss: Reprovision)",
+            m.reprovisions.clone(),
+        );
+        for result in MIGRATION_RESULTS {
+            let _ = m.migrations.get_or_create(&ResultLabels { result });
+        }
         for result in DELETE_RESULTS {
             let _ = m.deletes.get_or_create(&ResultLabels { result });
         }

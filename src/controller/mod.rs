@@ -26,9 +26,11 @@ pub mod context;
 pub mod diagnosis;
 pub mod failure;
 pub mod faults;
+pub mod host_loss;
 pub mod kube_port;
 pub mod leader;
 pub mod metrics;
+pub mod migration;
 pub mod pass;
 pub mod placement;
 pub mod ports;
@@ -272,6 +274,7 @@ pub async fn run(args: ControllerArgs) -> Result<(), StartError> {
             outage_grace: args.outage_grace,
             usage_warning: args.usage_warning,
             overcommit: args.capacity_overcommit,
+            migration_stop_limit: args.migration_stop_limit,
         },
     ));
 

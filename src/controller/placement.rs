@@ -51,6 +51,11 @@ pub struct PlacementInput<'a> {
     pub task_hosts: Vec<&'a str>,
     /// Bytes the app's volumes need together.
     pub capacity_bytes: u64,
+    /// Hosts the app's volumes must not be placed on (`placement.avoidHosts`).
+    pub avoid: Vec<&'a str>,
+    /// Why the app's data cannot move to the host a volume asks for, when it cannot (the move
+    /// itself is the migration's, see `controller::migration`).
+    pub move_blocked: Option<String>,
 }
 
 /// Why a host was chosen: shown in events.
@@ -98,9 +103,13 @@ pub fn place(
     // A volume whose data is on one host and whose spec asks for another.
     for (volume, requested) in &input.requested {
         if let Some((_, recorded)) = input.recorded.iter().find(|(v, h)| v == volume && h != requested) {
+            let why = input
+                .move_blocked
+                .as_deref()
+                .unwrap_or("another move of the app's data is under way");
             return Placement::Conflict(format!(
-                "volume {volume}: spec.placement.host is {requested} but its data is on {recorded}; berth does \
-                 not move data between hosts: set placement.host back to {recorded}, or create a new volume"
+                "volume {volume}: spec.placement.host is {requested} but its data is on {recorded}, and berth \
+                 cannot move it: {why}; set placement.host back to {recorded}, or fix that first"
             ));
         }
     }
@@ -153,7 +162,7 @@ pub fn place(
             reason: PlacementReason::Requested,
         };
     }
-    if let Some(host) = most_common(&input.task_hosts) {
+    if let Some(host) = most_common(&input.task_hosts).filter(|h| !input.avoid.contains(h)) {
         // Where the app runs, unless the volumes' capacities do not fit there: then where they
         // fit (the app's update moves its tasks).
         let fits = need == 0 || candidates.iter().any(|c| c.host == host && c.room_bytes >= need);
@@ -166,7 +175,7 @@ pub fn place(
     }
     candidates
         .iter()
-        .filter(|c| c.room_bytes >= need && allowed(c))
+        .filter(|c| c.room_bytes >= need && allowed(c) && !input.avoid.contains(&c.host.as_str()))
         // Most free space first; the host name breaks ties so the choice is deterministic.
         .max_by(|a, b| a.free_bytes.cmp(&b.free_bytes).then_with(|| b.host.cmp(&a.host)))
         .map(|c| Placement::Host {

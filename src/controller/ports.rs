@@ -9,7 +9,10 @@ use futures::future::BoxFuture;
 
 use super::{failure::Failure, metrics::Metrics, pass::plan::DataRef, placement::Candidate};
 use crate::{
-    agent::api::{DeleteResult, EnsureBody, EnsuredVolume, HostInfo, UsageReport, VolumeQuery},
+    agent::api::{
+        CommitRequest, CommitResult, DeleteResult, EnsureBody, EnsuredVolume, HostInfo, TransferStatus,
+        UsageReport, VolumeQuery,
+    },
     crd::{StatefulLocalVolume, StatefulLocalVolumeStatus},
     marathon::{App, AppUpdate, MarathonClient, MarathonError, responses::DeploymentResult},
 };
@@ -55,6 +58,76 @@ pub trait AgentsApi: Send + Sync {
     /// Marks a volume's data on its host as released by the volume (kept, and taken over by
     /// another volume only when asked).
     fn release<'a>(&'a self, data: &'a DataRef) -> BoxFuture<'a, Result<(), Failure>>;
+
+    /// Like [`AgentsApi::release`], saying whether the host held the data.
+    fn release_found<'a>(&'a self, data: &'a DataRef) -> BoxFuture<'a, Result<bool, Failure>> {
+        Box::pin(async move { self.release(data).await.map(|()| true) })
+    }
+
+    /// Asks the source agent to send one pass of a volume to the target agent (answers at
+    /// once; see [`AgentsApi::transfer_status`]). The controller mints the target's ticket; the
+    /// data goes from agent to agent.
+    fn start_transfer<'a>(
+        &'a self,
+        order: &'a TransferOrder,
+    ) -> BoxFuture<'a, Result<TransferStatus, Failure>> {
+        Box::pin(async move { Err(unsupported(&order.from)) })
+    }
+    /// The source's progress of a transfer; `Ok(None)` when it knows none (it restarted).
+    fn transfer_status<'a>(
+        &'a self,
+        host: &'a str,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<TransferStatus>, Failure>> {
+        let _ = id;
+        Box::pin(async move { Err(unsupported(host)) })
+    }
+    /// Stops a transfer on its source (idempotent).
+    fn cancel_transfer<'a>(&'a self, host: &'a str, id: &'a str) -> BoxFuture<'a, Result<(), Failure>> {
+        let _ = id;
+        Box::pin(async move { Err(unsupported(host)) })
+    }
+    /// Discards the target's staged copy of a transfer (idempotent).
+    fn discard_incoming<'a>(
+        &'a self,
+        host: &'a str,
+        id: &'a str,
+        tenant: &'a str,
+    ) -> BoxFuture<'a, Result<(), Failure>> {
+        let _ = (id, tenant);
+        Box::pin(async move { Err(unsupported(host)) })
+    }
+    /// Verifies the target's staged copy against the source's manifest and puts it in place.
+    fn commit<'a>(
+        &'a self,
+        host: &'a str,
+        id: &'a str,
+        req: &'a CommitRequest,
+    ) -> BoxFuture<'a, Result<CommitResult, Failure>> {
+        let _ = (id, req);
+        Box::pin(async move { Err(unsupported(host)) })
+    }
+}
+
+/// One pass of a volume's move between two hosts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferOrder {
+    pub from: String,
+    pub to: String,
+    /// The transfer's id on both agents (the same for every pass of one move).
+    pub id: String,
+    pub pass: u32,
+    pub tenant: String,
+    /// The volume's path below the tenant's root (the same on both hosts).
+    pub host_path: String,
+    pub identity: String,
+}
+
+fn unsupported(host: &str) -> Failure {
+    Failure::new(
+        super::failure::Kind::Refused,
+        format!("moving data is not available for host {host}"),
+    )
 }
 
 /// A Kubernetes event about a volume.

@@ -10,6 +10,8 @@
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use crate::crd::{MigrationStatus, OrphanedData};
+
 /// The sealed part of a volume's status.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record<'a> {
@@ -19,6 +21,10 @@ pub struct Record<'a> {
     pub host: &'a str,
     /// Absent between the placement record and the agent's first answer.
     pub host_path: Option<&'a str>,
+    /// What else berth acts on: a move under way and data it left on lost hosts
+    /// ([`extra`]); `None` when there is neither, so that the seals of plain records stay
+    /// what they were.
+    pub extra: Option<&'a str>,
 }
 
 impl Record<'_> {
@@ -35,8 +41,38 @@ impl Record<'_> {
             out.extend_from_slice(&(field.len() as u64).to_be_bytes());
             out.extend_from_slice(field.as_bytes());
         }
+        if let Some(extra) = self.extra {
+            out.extend_from_slice(b"extra");
+            out.extend_from_slice(&(extra.len() as u64).to_be_bytes());
+            out.extend_from_slice(extra.as_bytes());
+        }
         out
     }
+}
+
+/// The sealed text of a status's migration and orphaned data: the fields berth acts on (not the
+/// progress it only shows), in a fixed order. `None` when there is neither.
+pub fn extra(migration: Option<&MigrationStatus>, orphaned: &[OrphanedData]) -> Option<String> {
+    if migration.is_none() && orphaned.is_empty() {
+        return None;
+    }
+    let m = migration.map(|m| {
+        serde_json::json!([
+            m.from,
+            m.to,
+            m.id,
+            m.step.as_str(),
+            m.pass,
+            m.instances,
+            m.stopped_at,
+            m.manifest
+        ])
+    });
+    let o: Vec<_> = orphaned
+        .iter()
+        .map(|o| serde_json::json!([o.host, o.host_path, o.abandoned_at, o.found]))
+        .collect();
+    Some(serde_json::json!({ "m": m, "o": o }).to_string())
 }
 
 /// Seals and checks records.
@@ -114,6 +150,7 @@ mod tests {
             tenant: "toto",
             host,
             host_path,
+            extra: None,
         }
     }
 
@@ -163,6 +200,7 @@ mod tests {
             tenant: "c",
             host: "h",
             host_path: None,
+            extra: None,
         };
         let b = Record {
             app: "/a/",
@@ -171,5 +209,73 @@ mod tests {
         };
         assert_ne!(sealer.seal(&a), sealer.seal(&b));
         assert_eq!(format!("{sealer:?}"), "Sealer(<key redacted>)");
+    }
+
+    #[test]
+    fn a_migration_is_sealed_but_its_progress_is_not() {
+        let sealer = Sealer::new(b"k");
+        let mut m = MigrationStatus {
+            from: "node-1".into(),
+            to: "node-2".into(),
+            id: "abc-1".into(),
+            pass: 1,
+            ..Default::default()
+        };
+        let text = extra(Some(&m), &[]).unwrap();
+        let r = Record {
+            extra: Some(&text),
+            ..record("node-1", Some("/d"))
+        };
+        let seal = sealer.seal(&r);
+        // A plain record's seal does not cover a migration added to it.
+        assert!(!sealer.verify(&record("node-1", Some("/d")), &seal));
+        m.progress = Some("50%".into());
+        m.bytes_done = Some(5);
+        assert_eq!(extra(Some(&m), &[]).unwrap(), text, "progress is not sealed");
+        for forged in [
+            MigrationStatus {
+                to: "node-3".into(),
+                ..m.clone()
+            },
+            MigrationStatus {
+                from: "node-9".into(),
+                ..m.clone()
+            },
+            MigrationStatus {
+                step: crate::crd::MigrationStep::Switching,
+                ..m.clone()
+            },
+            MigrationStatus {
+                instances: Some(0),
+                ..m.clone()
+            },
+        ] {
+            let t = extra(Some(&forged), &[]).unwrap();
+            assert!(
+                !sealer.verify(
+                    &Record {
+                        extra: Some(&t),
+                        ..r.clone()
+                    },
+                    &seal
+                ),
+                "{forged:?}"
+            );
+        }
+        let orphan = OrphanedData {
+            host: "node-1".into(),
+            host_path: "/d".into(),
+            abandoned_at: "2026-01-01T00:00:00Z".into(),
+            found: false,
+        };
+        let t = extra(Some(&m), std::slice::from_ref(&orphan)).unwrap();
+        assert!(!sealer.verify(
+            &Record {
+                extra: Some(&t),
+                ..r.clone()
+            },
+            &seal
+        ));
+        assert_eq!(extra(None, &[]), None);
     }
 }

@@ -90,9 +90,16 @@ pub async fn run(ctx: Arc<Context>, queue: Arc<AppQueue>, period: Duration) {
 async fn verify_host(ctx: &Context, queue: &AppQueue, host: &str, items: Vec<Item>) {
     let requests: Vec<EnsureBody> = items.iter().map(|i| i.request.clone()).collect();
     let answers = match ctx.agents.ensure(host, &requests).await {
-        Ok(a) => a,
+        Ok(a) => {
+            ctx.host_reachable(host, true);
+            a
+        }
         Err(f) => {
-            // The passes of its apps ask again once the confirmation is stale, and report it.
+            // The passes of its apps ask again once the confirmation is stale, and report it;
+            // how long the host has been away counts from now (hostLoss, the lost-host metric).
+            if f.kind == crate::controller::failure::Kind::Unreachable {
+                ctx.host_reachable(host, false);
+            }
             ctx.metrics.failure("agent", &f);
             debug!(%host, error = %f.message, "host verification failed");
             return;

@@ -40,6 +40,7 @@ pub const FINALIZER: &str = "berth.dev/volume";
     printcolumn(name = "Host", type_ = "string", json_path = ".status.host", description = "Host that holds the data"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Moving", type_ = "string", json_path = ".status.migration.progress", description = "Progress of a move to another host"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", description = "Why the volume is (not) ready", priority = "1"),
     printcolumn(name = "HostPath", type_ = "string", json_path = ".status.hostPath", description = "Absolute path of the data on the host", priority = "1"),
@@ -115,9 +116,16 @@ pub struct StatefulLocalVolumeSpec {
     pub capacity: Option<Quantity>,
 
     /// What happens to the data on the host when this resource is deleted: Retain (default)
-    /// keeps it, Delete removes it.
+    /// keeps it, Delete removes it. The same applies to the copy a move to another host leaves
+    /// behind: Retain keeps it (marked released), Delete removes it once the app runs on the
+    /// new host.
     #[serde(default)]
     pub reclaim_policy: ReclaimPolicy,
+
+    /// What berth does when the host's agent stops answering: wait for it (default), or give
+    /// the volume new, empty data elsewhere after a while.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_loss: Option<HostLoss>,
 
     /// Take over data already at hostPath on the host when the volume is first bound: data from
     /// before berth, or data a deleted volume left (reclaimPolicy: Retain). Without it berth binds
@@ -188,12 +196,51 @@ pub struct Seed {
 }
 
 /// Where the volume lives.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct Placement {
     /// Host name exactly as Mesos offers it (what Marathon's hostname constraints match), e.g.
-    /// node-3 or 10.0.2.148. Every volume of one app must name the same host.
+    /// node-3 or 10.0.2.148. Every volume of one app must name the same host. Changing it once
+    /// the volume holds data moves the data of every volume of the app to the new host: copied
+    /// while the app runs, the app stopped for a last copy of what changed, verified, then the
+    /// app pinned to the new host and started again (status.migration shows the progress).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "rules::host_name")]
-    pub host: String,
+    pub host: Option<String>,
+    /// Hosts the volume must leave (or never be placed on), e.g. a host being drained: when the
+    /// data is on one of them and placement.host names no host, berth moves it to the host
+    /// with the most room that the app's constraints allow. `berth drain HOST` adds HOST here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "rules::host_names")]
+    pub avoid_hosts: Vec<String>,
+}
+
+/// What berth does when the agent of the volume's host stops answering.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HostLoss {
+    /// Wait (default): keep the volume and its app pinned to the host and report it lost, with
+    /// how long; the data comes back with the host. Reprovision: once the host has been away
+    /// for `after`, abandon the data and give the volume a new, empty directory or file on
+    /// another host (for caches and scratch space). Data found on the old host when it returns
+    /// is reported in status.orphaned and never deleted by berth.
+    #[serde(default)]
+    pub policy: HostLossPolicy,
+    /// How long the host must be away before Reprovision acts, e.g. 10m (default 10m, at least
+    /// 1m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "rules::duration")]
+    pub after: Option<String>,
+}
+
+/// What berth does with a volume whose host is lost.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum HostLossPolicy {
+    /// Keep the volume pinned to its host and wait for it.
+    #[default]
+    Wait,
+    /// Give the volume new, empty data on another host after `after`.
+    Reprovision,
 }
 
 /// What happens to host data when the resource is deleted.
@@ -248,6 +295,102 @@ pub struct StatefulLocalVolumeStatus {
     /// measurement.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<VolumeUsage>,
+    /// A move of the volume's data to another host, while it is under way (absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<MigrationStatus>,
+    /// Data of this volume that berth left behind on a host it could not reach (hostLoss:
+    /// Reprovision) and found there again: kept, never deleted by berth. Remove it by hand once
+    /// it is not needed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub orphaned: Vec<OrphanedData>,
+}
+
+/// `status.migration`: where a move stands. berth acts on `from`, `to`, `id`, `step`, `pass`
+/// and `instances` only when they carry its seal (`status.seal`).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MigrationStatus {
+    /// The host the data leaves.
+    pub from: String,
+    /// The host the data moves to.
+    pub to: String,
+    /// The transfer's id on both agents.
+    pub id: String,
+    /// Copying (while the app runs), Stopping (the app scaled to 0), FinalCopy (what changed
+    /// since), Switching (verified and put in place; the app is pinned to the new host and
+    /// started, then the copy left on the old host is released or deleted per reclaimPolicy).
+    pub step: MigrationStep,
+    /// The number of the current copy pass (each attempt has its own).
+    pub pass: u32,
+    /// The app's instance count before berth stopped it, restored on the new host (or on the
+    /// old one when the move is abandoned).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instances: Option<i64>,
+    /// When the move started (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    /// When berth stopped the app for the last copy (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_at: Option<String>,
+    /// What the copy has done, e.g. "Copying 412Mi of 1Gi, 1200 of 3000 files".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<String>,
+    /// Bytes of file data the current pass sent, of bytesTotal (shown in tenths).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_done: Option<i64>,
+    /// Bytes of file data in the volume when the current pass began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_total: Option<i64>,
+    /// Files the current pass sent, of filesTotal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files_done: Option<i64>,
+    /// Regular files in the volume when the current pass began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files_total: Option<i64>,
+    /// The source's manifest digest of the last copy (BLAKE3 over every entry), which the
+    /// target's copy must match before it is put in place.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<String>,
+    /// Why the move does not progress, when it does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// A step of a move between hosts.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum MigrationStep {
+    #[default]
+    Copying,
+    Stopping,
+    FinalCopy,
+    Switching,
+}
+
+impl MigrationStep {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MigrationStep::Copying => "Copying",
+            MigrationStep::Stopping => "Stopping",
+            MigrationStep::FinalCopy => "FinalCopy",
+            MigrationStep::Switching => "Switching",
+        }
+    }
+}
+
+/// Data berth abandoned on a lost host and found there again.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OrphanedData {
+    /// The host berth lost.
+    pub host: String,
+    /// Absolute path of the data on that host.
+    pub host_path: String,
+    /// When berth gave the volume new data elsewhere (RFC 3339).
+    pub abandoned_at: String,
+    /// True once the host answered again and still holds the data (it is then marked released
+    /// there, so that nothing binds it unasked).
+    #[serde(default)]
+    pub found: bool,
 }
 
 /// `status.usage`.

@@ -154,6 +154,30 @@ pub fn host_name(_: &mut SchemaGenerator) -> Schema {
     string_with(HOST_RULES, MAX_HOST_BYTES)
 }
 
+/// Schema of a duration such as `10m` or `1h30m` (`hostLoss.after`).
+pub fn duration(_: &mut SchemaGenerator) -> Schema {
+    string_with(
+        &[(
+            "self.matches('^([0-9]+(ms|s|m|h))+$')",
+            "must be a duration such as 10m or 1h30m",
+        )],
+        32,
+    )
+}
+
+/// Schema of a list of host names (`placement.avoidHosts`).
+pub fn host_names(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "array",
+        "maxItems": 32,
+        "items": {
+            "type": "string",
+            "maxLength": MAX_HOST_BYTES,
+            "x-kubernetes-validations": validations(HOST_RULES),
+        },
+    })
+}
+
 /// Schema of permission bits: an int-or-string, so that an unquoted `0755` reaches the rules (and
 /// the controller) and gets a message that says how to write it.
 pub fn permissions(_: &mut SchemaGenerator) -> Schema {

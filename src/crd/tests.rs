@@ -202,6 +202,7 @@ fn crd_names_scope_and_subresources() {
             ("Host", 0),
             ("Phase", 0),
             ("Ready", 0),
+            ("Moving", 0),
             ("Age", 0),
             ("Reason", 1),
             ("HostPath", 1),

@@ -4,7 +4,7 @@
 
 use std::{fmt, path::PathBuf};
 
-use super::{Owner, Permissions, ReclaimPolicy, StatefulLocalVolumeSpec, VolumeType};
+use super::{HostLossPolicy, Owner, Permissions, ReclaimPolicy, StatefulLocalVolumeSpec, VolumeType};
 use crate::tenant::{AppGroupRule, MarathonAppId, PathError, RootTemplate, TenantId, VolumePath};
 
 /// How tenants map to host roots and Marathon groups (the controller's configuration).
@@ -62,10 +62,19 @@ pub struct VolumeRequest {
     pub seed: Option<SeedSource>,
     /// The host the user asked for, if any.
     pub host: Option<String>,
+    /// Hosts the volume must leave or avoid (`placement.avoidHosts`).
+    pub avoid_hosts: Vec<String>,
+    /// What to do when the host is lost, and after how long (`hostLoss`).
+    pub host_loss: HostLossPolicy,
+    pub host_loss_after: std::time::Duration,
     pub capacity_bytes: Option<u64>,
     pub reclaim: ReclaimPolicy,
     pub allow_concurrent_writers: bool,
 }
+
+/// How long a host must be away before `hostLoss: Reprovision` acts, by default and at least.
+pub const DEFAULT_HOST_LOSS_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
+pub const MIN_HOST_LOSS_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Largest literal seed, as in the schema.
 const MAX_SEED_BYTES: usize = 1 << 20;
@@ -117,18 +126,45 @@ pub fn validate(
             }
         }),
     };
-    let host = match &spec.placement {
-        Some(p) if !is_hostname(&p.host) => {
+    let placement = spec.placement.clone().unwrap_or_default();
+    let host = match placement.host {
+        Some(h) if !is_hostname(&h) => {
             return Err(SpecError::new(
                 "spec.placement.host",
-                format!(
-                    "{:?} is not a host name or IP address as Mesos reports it",
-                    p.host
-                ),
+                format!("{h:?} is not a host name or IP address as Mesos reports it"),
             ));
         }
-        Some(p) => Some(p.host.clone()),
-        None => None,
+        h => h,
+    };
+    if let Some(bad) = placement.avoid_hosts.iter().find(|h| !is_hostname(h)) {
+        return Err(SpecError::new(
+            "spec.placement.avoidHosts",
+            format!("{bad:?} is not a host name or IP address as Mesos reports it"),
+        ));
+    }
+    if let Some(h) = host.as_ref().filter(|h| placement.avoid_hosts.contains(h)) {
+        return Err(SpecError::new(
+            "spec.placement.host",
+            format!("{h} is also in placement.avoidHosts; remove it from one of them"),
+        ));
+    }
+    let host_loss_after = match spec.host_loss.as_ref().and_then(|l| l.after.as_deref()) {
+        None => DEFAULT_HOST_LOSS_AFTER,
+        Some(text) => match humantime::parse_duration(text) {
+            Ok(d) if d >= MIN_HOST_LOSS_AFTER => d,
+            Ok(_) => {
+                return Err(SpecError::new(
+                    "spec.hostLoss.after",
+                    format!("{text:?} is shorter than 1m; a host that restarts must not lose its volumes"),
+                ));
+            }
+            Err(e) => {
+                return Err(SpecError::new(
+                    "spec.hostLoss.after",
+                    format!("{text:?} is not a duration such as 10m or 1h30m: {e}"),
+                ));
+            }
+        },
     };
     let capacity_bytes = match &spec.capacity {
         Some(q) => {
@@ -158,6 +194,9 @@ pub fn validate(
         mode,
         seed,
         host,
+        avoid_hosts: placement.avoid_hosts,
+        host_loss: spec.host_loss.as_ref().map(|l| l.policy).unwrap_or_default(),
+        host_loss_after,
         capacity_bytes,
         reclaim: spec.reclaim_policy,
         allow_concurrent_writers: spec.allow_concurrent_writers,

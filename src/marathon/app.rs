@@ -335,6 +335,10 @@ pub struct AppUpdate {
     pub upgrade_strategy: Option<UpgradeStrategy>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub labels: Option<BTreeMap<String, String>>,
+    /// Only when berth stops an app to move its data, and starts it again on the new host
+    /// (never from [`AppUpdate::between`]: the instance count is the user's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instances: Option<u32>,
 }
 
 impl AppUpdate {
@@ -357,6 +361,7 @@ impl AppUpdate {
                 && current.labels.clone().unwrap_or_default() != desired.labels.clone().unwrap_or_default())
             .then(|| desired.labels.clone())
             .flatten(),
+            instances: None,
         };
         (update != AppUpdate::default()).then_some(update)
     }

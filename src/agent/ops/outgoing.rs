@@ -133,18 +133,26 @@ impl Agent {
             return Ok(c.clone());
         }
         crate::tls::install_crypto_provider();
-        let mut b = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .read_timeout(Duration::from_secs(300))
-            .pool_idle_timeout(Duration::from_secs(5));
-        if let Some(pem) = &self.config.peer_ca_pem {
-            let certs = reqwest::Certificate::from_pem_bundle(pem)
-                .map_err(|e| TransferError::Internal(format!("--peer-ca-file: {e}")))?;
-            b = b.tls_certs_only(certs);
+        let builder = || {
+            reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .read_timeout(Duration::from_secs(300))
+                .pool_idle_timeout(Duration::from_secs(5))
+        };
+        let c = match &self.config.peer_ca_pem {
+            Some(pem) => {
+                let certs = reqwest::Certificate::from_pem_bundle(pem)
+                    .map_err(|e| TransferError::Internal(format!("--peer-ca-file: {e}")))?;
+                builder().tls_certs_only(certs).build()
+            }
+            // Without the system's CA certificates (a minimal image) the client trusts none:
+            // plain-HTTP peers work, HTTPS peers need --peer-ca-file.
+            None => builder().build().or_else(|e| {
+                tracing::warn!(error = %e, "no system CA certificates: transfers to HTTPS agents need --peer-ca-file");
+                builder().tls_certs_only(Vec::new()).build()
+            }),
         }
-        let c = b
-            .build()
-            .map_err(|e| TransferError::Internal(format!("HTTP client: {e}")))?;
+        .map_err(|e| TransferError::Internal(format!("HTTP client: {e}")))?;
         let _ = self.transfers.client.set(c.clone());
         Ok(c)
     }

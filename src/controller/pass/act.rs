@@ -44,6 +44,14 @@ pub async fn write_status(
     marked: bool,
 ) -> Result<(), kube::Error> {
     let uid = v.obj.uid().unwrap_or_default();
+    // Only what berth sealed before is carried over: never a list a tenant wrote.
+    if binding.orphaned.is_none() {
+        binding.orphaned = v.record.as_ref().map(|r| r.orphaned.clone());
+    }
+    let extra = crate::controller::seal::extra(
+        binding.migration.as_ref(),
+        binding.orphaned.as_deref().unwrap_or_default(),
+    );
     binding.seal = match (&binding.app, &binding.tenant, &binding.host) {
         (Some(app), Some(tenant), Some(host)) => Some(ctx.sealer.seal(&Record {
             uid: &uid,
@@ -51,6 +59,7 @@ pub async fn write_status(
             tenant,
             host,
             host_path: binding.host_path.as_deref(),
+            extra: extra.as_deref(),
         })),
         _ => None,
     };
@@ -119,7 +128,7 @@ pub async fn provision(ctx: &Context, obs: &Observed, plan: &Provision) -> Provi
             host_path: None,
             app: Some(obs.app_id.clone()),
             tenant: v.request().map(|r| r.tenant.to_string()),
-            seal: None,
+            ..Default::default()
         };
         if let Err(e) = write_status(ctx, v, &report, binding, None, false).await {
             done.unrecorded

@@ -59,6 +59,10 @@ pub struct Recorded {
     pub host_path: Option<String>,
     /// The same path relative to the tenant's root (what the agent is asked about).
     pub rel_path: Option<String>,
+    /// A move of the data to another host, under way.
+    pub migration: Option<crate::crd::MigrationStatus>,
+    /// Data berth left on hosts it lost (`hostLoss: Reprovision`).
+    pub orphaned: Vec<crate::crd::OrphanedData>,
 }
 
 impl Recorded {
@@ -141,6 +145,12 @@ pub struct Observed {
     pub agent_app: Option<String>,
     /// How long Marathon has been unreachable, when it is.
     pub marathon_down_for: Option<Duration>,
+    /// Why the app's data cannot move where its volumes ask, when it cannot until the user
+    /// changes something (reported as a conflict).
+    pub move_blocked: Option<String>,
+    /// The app's data waits to move (its target does not answer, has no room, or the last move
+    /// was abandoned a moment ago): it stays bound where it is meanwhile.
+    pub move_waiting: bool,
 }
 
 /// Runs one pass over `app_id`; returns when to look at the app again.
@@ -149,6 +159,12 @@ pub async fn run(ctx: &Context, app_id: &str) -> Duration {
     async move {
         let _timer = ctx.metrics.pass();
         let mut obs = observe::observe(ctx, app_id).await;
+        if let Some(requeue) = crate::controller::migration::run(ctx, &mut obs).await {
+            return requeue;
+        }
+        if let Some(requeue) = crate::controller::host_loss::run(ctx, &obs).await {
+            return requeue;
+        }
         let provision = plan::provision(&obs);
         let provisioned = act::provision(ctx, &obs, &provision).await;
         let mut action = plan::app_action(&obs, &provision, &provisioned);

@@ -35,6 +35,8 @@ pub async fn observe(ctx: &Context, app_id: &str) -> Observed {
         launch_blocked: None,
         agent_app: ctx.settings.agent_app.clone(),
         marathon_down_for: ctx.marathon_down_for(),
+        move_blocked: None,
+        move_waiting: false,
     };
     if plan::needs_candidates(&obs) {
         obs.candidates = ctx
@@ -208,12 +210,14 @@ pub fn sealed_record(sealer: &Sealer, policy: &TenantPolicy, obj: &StatefulLocal
         s.host.as_deref()?,
         s.seal.as_deref()?,
     );
+    let extra = crate::controller::seal::extra(s.migration.as_ref(), &s.orphaned);
     let record = Record {
         uid: &uid,
         app,
         tenant,
         host,
         host_path: s.host_path.as_deref(),
+        extra: extra.as_deref(),
     };
     if !sealer.verify(&record, seal) {
         return None;
@@ -231,6 +235,8 @@ pub fn sealed_record(sealer: &Sealer, policy: &TenantPolicy, obj: &StatefulLocal
         host: host.to_owned(),
         host_path: s.host_path.clone(),
         rel_path,
+        migration: s.migration.clone(),
+        orphaned: s.orphaned.clone(),
     })
 }
 

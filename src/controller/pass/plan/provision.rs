@@ -29,7 +29,13 @@ pub fn placement_input(obs: &Observed) -> PlacementInput<'_> {
             input.recorded.push((v.name.as_str(), r.host.as_str()));
         }
         if let Some(req) = v.request() {
-            if let Some(h) = req.host.as_deref() {
+            let recorded_elsewhere = v
+                .record
+                .as_ref()
+                .is_some_and(|r| Some(r.host.as_str()) != req.host.as_deref());
+            if let Some(h) = req.host.as_deref()
+                && !(obs.move_waiting && recorded_elsewhere)
+            {
                 input.requested.push((v.name.as_str(), h));
             }
             input.capacity_bytes = input
@@ -40,6 +46,16 @@ pub fn placement_input(obs: &Observed) -> PlacementInput<'_> {
     if let Some(app) = found_app(obs) {
         input.task_hosts = app.tasks.iter().flatten().map(|t| t.host.as_str()).collect();
     }
+    input.avoid = obs
+        .volumes
+        .iter()
+        .filter_map(|v| v.request())
+        .flat_map(|r| r.avoid_hosts.iter().map(String::as_str))
+        .collect();
+    input.move_blocked = obs
+        .move_blocked
+        .clone()
+        .or_else(|| crate::controller::migration::plan::blocked(obs));
     input
 }
 

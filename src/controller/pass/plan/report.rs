@@ -111,7 +111,7 @@ pub(crate) fn kept_binding(v: &Vol) -> Binding {
             host_path: r.host_path.clone(),
             app: Some(r.app.clone()),
             tenant: Some(r.tenant.to_string()),
-            seal: None,
+            ..Default::default()
         },
         None => Binding::default(),
     }
@@ -399,7 +399,7 @@ impl Ctx<'_> {
             host_path: Some(state.absolute_path.clone()),
             app: Some(self.obs.app_id.clone()),
             tenant: v.request().map(|r| r.tenant.to_string()),
-            seal: None,
+            ..Default::default()
         };
         let mut out = match self.app_outcome(i, v, &host, state, &mut events) {
             Some(report) => with_status(i, report, binding, v),

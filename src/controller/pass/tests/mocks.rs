@@ -490,6 +490,7 @@ pub fn context(world: &Arc<World>, tenants: NamespaceMapping) -> Context {
             outage_grace: Duration::from_secs(60),
             usage_warning: 0.9,
             overcommit: 1.0,
+            ..Settings::default()
         },
     )
 }
