@@ -22,6 +22,12 @@ enum Command {
     AgentToken(berth::agent::credentials::AgentTokenArgs),
     /// Print the StatefulLocalVolume CustomResourceDefinition as YAML.
     Crd,
+    /// Move a volume, and the other volumes of its Marathon app, to another host.
+    #[command(long_about = berth::cli::MIGRATE_ABOUT)]
+    Migrate(berth::cli::MigrateArgs),
+    /// Move every volume off a host, one Marathon app at a time.
+    #[command(long_about = berth::cli::DRAIN_ABOUT)]
+    Drain(berth::cli::DrainArgs),
 }
 
 /// Exit status for a configuration that cannot start (as for a bad command line).
@@ -70,6 +76,8 @@ async fn run() -> std::process::ExitCode {
         Command::AgentToken(args) => {
             berth::agent::credentials::run_agent_token(&args).map_err(|e| berth::report::error_chain(&e))
         }
+        Command::Migrate(args) => return berth::cli::migrate::run(args).await,
+        Command::Drain(args) => return berth::cli::drain::run(args).await,
         Command::Crd => berth::crd::crd_yaml()
             .map(|y| print!("{y}"))
             .map_err(|e| berth::report::error_chain(&e)),
