@@ -26,6 +26,7 @@ use kube::{
     config::{KubeConfigOptions, Kubeconfig},
 };
 
+pub mod docker_hosts;
 pub mod loopfs;
 pub mod stack;
 

@@ -2,6 +2,10 @@
 //! one real `berth agent` process per host on its own root directory, and `berth controller`
 //! as a process that authenticates with the controller's service-account token (so it has
 //! exactly the RBAC the test grants it).
+//!
+//! With [`StackOptions::docker_hosts`], each agent runs in a Docker container of its own instead
+//! (see [`super::docker_hosts`]): its own filesystem view and address, cut off with
+//! [`Host::disconnect`] or [`Host::kill`].
 #![allow(dead_code)]
 
 use std::{
@@ -14,7 +18,10 @@ use std::{
 
 use marathon_sim::{Config as SimConfig, SimHandle, Simulator};
 
-use super::{kubeconfig, repo_root};
+use super::{
+    docker_hosts::{self, AgentContainer, DockerNetwork},
+    kubeconfig, repo_root,
+};
 
 /// The controller's agent secret; each agent gets the token derived from it for its host.
 pub const AGENT_SECRET: &str = "test-agent-secret-0123456789";
@@ -38,12 +45,18 @@ pub struct Host {
     /// The directory above the tenant roots (the host's `/containerdata`).
     pub root: PathBuf,
     pub url: String,
-    agent: Child,
+    agent: AgentRun,
     /// How the agent was started, to start it again.
     args: Vec<std::ffi::OsString>,
     log: PathBuf,
     /// The host's own filesystem, when it has one (unmounted after the agent stopped).
     pub fs: Option<super::loopfs::LoopBtrfs>,
+}
+
+/// How a host's agent runs.
+enum AgentRun {
+    Process(Child),
+    Container(AgentContainer),
 }
 
 impl Host {
@@ -54,16 +67,122 @@ impl Host {
             .join(path.trim_start_matches('/'))
     }
 
+    /// Kills the agent (SIGKILL); a container stays, stopped.
     pub fn stop_agent(&mut self) {
-        let _ = self.agent.kill();
-        let _ = self.agent.wait();
+        match &mut self.agent {
+            AgentRun::Process(child) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            AgentRun::Container(c) => c.kill(),
+        }
     }
 
-    /// Kills the agent (SIGKILL) and starts it again with the same flags, appending to its log.
+    /// Kills the agent (SIGKILL) and starts it again with the same flags, appending to its log
+    /// (a container: `docker kill`, `docker start`).
     pub async fn restart_agent(&mut self) {
         self.stop_agent();
-        self.agent = spawn_agent(&self.args, &self.log);
-        wait_http(&format!("{}/healthz", self.url)).await;
+        self.start().await;
+    }
+
+    /// Whether the agent runs in a container ([`StackOptions::docker_hosts`]).
+    pub fn is_container(&self) -> bool {
+        matches!(self.agent, AgentRun::Container(_))
+    }
+
+    /// The agent's container, with [`StackOptions::docker_hosts`].
+    pub fn container(&self) -> Option<&AgentContainer> {
+        match &self.agent {
+            AgentRun::Container(c) => Some(c),
+            AgentRun::Process(_) => None,
+        }
+    }
+
+    fn expect_container(&self, what: &str) -> &AgentContainer {
+        self.container().unwrap_or_else(|| {
+            panic!(
+                "{what} needs the host's agent in a container (StackOptions::docker_hosts); {} runs it as a process",
+                self.name
+            )
+        })
+    }
+
+    /// The host's lost: kills its agent (`docker kill`; the container stays, stopped).
+    pub fn kill(&mut self) {
+        self.stop_agent();
+    }
+
+    /// Starts the agent again (`docker start`, same address) and waits until it answers. A
+    /// disconnected host must be [`Self::reconnect`]ed first (it would start cut off).
+    pub async fn start(&mut self) {
+        match &mut self.agent {
+            AgentRun::Process(child) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                *child = spawn_agent(&self.args, &self.log);
+                wait_http(&format!("{}/healthz", self.url)).await;
+            }
+            AgentRun::Container(c) => {
+                assert!(
+                    c.connected(),
+                    "{} is disconnected: reconnect() it before start()",
+                    self.name
+                );
+                c.start();
+                c.wait_healthy().await;
+            }
+        }
+    }
+
+    /// Cuts the host off the network (`docker network disconnect`): its agent runs on, neither
+    /// the test host nor the other agents reach it. Containers only.
+    pub fn disconnect(&self) {
+        self.expect_container("disconnect()").disconnect();
+    }
+
+    /// Connects the host again with the same address (so the same URL) and waits until its agent
+    /// answers. Containers only.
+    pub async fn reconnect(&self) {
+        let c = self.expect_container("reconnect()");
+        c.connect();
+        c.wait_healthy().await;
+    }
+
+    /// `docker exec` in the host's container (busybox: `cat`, `ls`, `id`, `busybox wget`, …).
+    pub fn exec<S: AsRef<std::ffi::OsStr>>(&self, args: impl IntoIterator<Item = S>) -> std::process::Output {
+        self.expect_container("exec()").exec(args)
+    }
+
+    /// The agent's log so far (a container's: `docker logs`, also written to the log file).
+    pub fn log_text(&self) -> String {
+        if let AgentRun::Container(c) = &self.agent {
+            let text = c.logs();
+            let _ = std::fs::write(&self.log, &text);
+            return text;
+        }
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The file the agent's log goes to.
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// The host's agent token (what the controller derives from [`AGENT_SECRET`]).
+    pub fn token(&self) -> String {
+        berth::agent::credentials::host_token(AGENT_SECRET.as_bytes(), &self.name)
+    }
+
+    /// A client of the host's agent with its token and this whole-request timeout (the connect
+    /// timeout is the same, at most 5 s).
+    pub fn client(&self, timeout: Duration) -> berth::agent::client::AgentClient {
+        let options = berth::agent::client::AgentClientOptions {
+            timeout,
+            connect_timeout: timeout.min(Duration::from_secs(5)),
+            ..Default::default()
+        };
+        berth::agent::client::AgentClient::new(&self.url, &self.token(), &options)
+            .expect("a client of the host's agent")
     }
 }
 
@@ -83,6 +202,19 @@ fn spawn_agent(args: &[std::ffi::OsString], log: &Path) -> Child {
 
 impl Drop for Host {
     fn drop(&mut self) {
+        if let AgentRun::Container(c) = &self.agent {
+            let text = self.log_text();
+            if std::thread::panicking() {
+                eprintln!(
+                    "--- agent log of {} (container {}, {}) ---\n{text}",
+                    self.name,
+                    c.name,
+                    self.log.display()
+                );
+            }
+            c.remove();
+            return;
+        }
         self.stop_agent();
     }
 }
@@ -92,6 +224,9 @@ impl Drop for Host {
 pub struct Stack {
     pub sim: SimHandle,
     pub hosts: Vec<Host>,
+    /// The hosts' Docker network, with [`StackOptions::docker_hosts`] (dropped after the hosts'
+    /// containers).
+    pub network: Option<DockerNetwork>,
     pub agent_secret_file: PathBuf,
     pub dir: tempfile::TempDir,
 }
@@ -116,6 +251,13 @@ pub struct StackOptions {
     /// Each host's `/containerdata` on a loop-mounted btrfs filesystem of this many MiB, its
     /// agent started with `--enable-quota` (capacities enforced).
     pub btrfs_mib: Option<u64>,
+    /// Each agent in a Docker container of its own on a network of the stack (image built from
+    /// this build's binary), its root and token file mounted at the same paths; the URL is
+    /// `http://<container address>:8080`. See [`super::docker_hosts`].
+    pub docker_hosts: bool,
+    /// A remap range of its own for some hosts (`("node-2", (231072, 65536))`); the others use
+    /// [`Self::remap`].
+    pub remap_of: Vec<(&'static str, (u32, u32))>,
 }
 
 impl Default for StackOptions {
@@ -126,6 +268,8 @@ impl Default for StackOptions {
             attributes: Vec::new(),
             shared_agent_port: None,
             btrfs_mib: None,
+            docker_hosts: false,
+            remap_of: Vec::new(),
         }
     }
 }
@@ -159,6 +303,14 @@ impl Stack {
 
     pub async fn start_with(hostnames: &[&str], options: StackOptions) -> Stack {
         super::require_root();
+        assert!(
+            !(options.docker_hosts && options.shared_agent_port.is_some()),
+            "docker_hosts gives every agent an address of its own: no shared_agent_port"
+        );
+        let network = options.docker_hosts.then(|| {
+            docker_hosts::prepare();
+            DockerNetwork::create()
+        });
         let dir = tempfile::tempdir().expect("a temp dir");
         let mut filesystems: Vec<Option<super::loopfs::LoopBtrfs>> = hostnames
             .iter()
@@ -198,13 +350,22 @@ impl Stack {
         std::fs::write(&agent_secret_file, AGENT_SECRET).expect("write the agent secret");
         std::fs::set_permissions(&agent_secret_file, std::fs::Permissions::from_mode(0o600))
             .expect("make the secret private");
-        let remap = format!("{}:{}", options.remap.0, options.remap.1);
+        let remap_of = |host: &str| {
+            let (first, count) = options
+                .remap_of
+                .iter()
+                .find(|(h, _)| *h == host)
+                .map_or(options.remap, |(_, r)| *r);
+            format!("{first}:{count}")
+        };
         let mut hosts = Vec::new();
         for (name, root) in roots {
             let name = name.as_str();
-            let addr = match options.shared_agent_port {
-                Some(port) => format!("{name}:{port}"),
-                None => format!("127.0.0.1:{}", free_port()),
+            let remap = remap_of(name);
+            let addr = match (&network, options.shared_agent_port) {
+                (Some(_), _) => format!("0.0.0.0:{}", docker_hosts::AGENT_PORT),
+                (None, Some(port)) => format!("{name}:{port}"),
+                (None, None) => format!("127.0.0.1:{}", free_port()),
             };
             // Each agent knows only its own host's token.
             let token_file = dir.path().join(format!("agent-token-{name}"));
@@ -240,9 +401,22 @@ impl Stack {
                 args.push("--enable-quota".into());
             }
             let log = dir.path().join(format!("agent-{name}.log"));
-            let agent = spawn_agent(&args, &log);
-            let url = format!("http://{addr}");
-            wait_http(&format!("{url}/healthz")).await;
+            let (agent, url) = match &network {
+                None => {
+                    let agent = spawn_agent(&args, &log);
+                    let url = format!("http://{addr}");
+                    wait_http(&format!("{url}/healthz")).await;
+                    (AgentRun::Process(agent), url)
+                }
+                Some(network) => {
+                    let c = AgentContainer::run(name, network, hosts.len(), &args, &[&root], &[&token_file]);
+                    // When it never answers, this panics with its log, and the network's drop
+                    // removes the container.
+                    c.wait_healthy().await;
+                    let url = c.url();
+                    (AgentRun::Container(c), url)
+                }
+            };
             hosts.push(Host {
                 name: name.to_string(),
                 root,
@@ -257,6 +431,7 @@ impl Stack {
             dir,
             sim,
             hosts,
+            network,
             agent_secret_file,
         }
     }
@@ -347,7 +522,12 @@ impl Stack {
             .stderr(std::fs::File::create(&log).expect("create the controller log"));
         let child = cmd.spawn().expect("start berth controller");
         let metrics = format!("http://127.0.0.1:{port}");
-        wait_http(&format!("{metrics}/healthz")).await;
+        if !try_http(&format!("{metrics}/healthz")).await {
+            panic!(
+                "the controller's /healthz did not answer within 30 s; its log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
         ControllerProcess { child, log, metrics }
     }
 }
@@ -426,19 +606,28 @@ fn log_file(dir: &Path, name: &str) -> std::fs::File {
 }
 
 async fn wait_http(url: &str) {
+    if !try_http(url).await {
+        panic!("{url} did not answer within 30 s");
+    }
+}
+
+async fn try_http(url: &str) -> bool {
+    // Generous: a debug build starting beside Docker builds and other tests on 2 CPUs.
     let client = reqwest::Client::new();
-    for _ in 0..200 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tokio::time::Instant::now() < deadline {
         if client
             .get(url)
+            .timeout(Duration::from_secs(2))
             .send()
             .await
             .is_ok_and(|r| r.status().is_success())
         {
-            return;
+            return true;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("{url} did not answer within 10 s");
+    false
 }
 
 /// Polls `check` every 100 ms until it returns `Some`, for at most `secs` seconds.
