@@ -61,7 +61,9 @@ pub async fn step(ctx: &Context, obs: &mut Observed, mut m: AppMove) -> Duration
                 m.step = MigrationStep::Stopping;
                 m.instances = Some(instances);
                 m.stopped_at = Some(now.to_string());
-                for mv in &mut m.volumes {
+                for (i, mv) in m.volumes.iter_mut().enumerate() {
+                    // What the live copy did, shown while the app is stopped.
+                    mv.status = plan::with_progress(&mv.status, seen.get(i));
                     mv.status.step = MigrationStep::Stopping;
                     mv.status.instances = m.instances;
                     mv.status.stopped_at = m.stopped_at.clone();

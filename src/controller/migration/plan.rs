@@ -515,13 +515,17 @@ pub fn with_progress(status: &MigrationStatus, seen: Option<&Seen>) -> Migration
                 out.bytes_total = i64::try_from(t.bytes_total).ok();
                 out.files_done = i64::try_from(files).ok();
                 out.files_total = i64::try_from(t.files_total).ok();
-                out.progress = Some(format!(
-                    "{} {} of {}, {files} of {} files",
-                    out.step.as_str(),
-                    human_bytes(bytes),
-                    human_bytes(t.bytes_total),
-                    t.files_total
-                ));
+                out.progress = Some(if t.files_total == 0 && t.bytes_total == 0 {
+                    format!("{}: nothing changed since the last pass", out.step.as_str())
+                } else {
+                    format!(
+                        "{} {} of {}, {files} of {} files",
+                        out.step.as_str(),
+                        human_bytes(bytes),
+                        human_bytes(t.bytes_total),
+                        t.files_total
+                    )
+                });
             }
             out.message = t
                 .error
