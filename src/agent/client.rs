@@ -184,21 +184,23 @@ impl AgentClient {
                 "agent URL {base_url:?} must start with http:// or https://"
             )));
         }
-        let mut b = reqwest::Client::builder()
-            .timeout(options.timeout)
-            .connect_timeout(options.connect_timeout)
-            // Agents close keep-alive connections idle for 10 s; never reuse one that old.
-            .pool_idle_timeout(Duration::from_secs(5));
+        let builder = || {
+            reqwest::Client::builder()
+                .timeout(options.timeout)
+                .connect_timeout(options.connect_timeout)
+                // Agents close keep-alive connections idle for 10 s; never reuse one that old.
+                .pool_idle_timeout(Duration::from_secs(5))
+        };
+        let mut roots = None;
         if let Some(pem) = &options.ca_pem {
             let certs = Certificate::from_pem_bundle(pem)
                 .map_err(|e| AgentClientError::Config(format!("CA bundle: {e}")))?;
             if certs.is_empty() {
                 return Err(AgentClientError::Config("CA bundle holds no certificate".into()));
             }
-            b = b.tls_certs_only(certs);
+            roots = Some(certs);
         }
-        let http = b
-            .build()
+        let http = crate::tls::http_client(builder, roots)
             .map_err(|e| AgentClientError::Config(format!("HTTP client: {e}")))?;
         Ok(Self {
             http,

@@ -125,13 +125,16 @@ impl MarathonClient {
             urls.push(parsed.as_str().trim_end_matches('/').to_string());
         }
         let build = |timeout: Option<Duration>| -> Result<reqwest::Client, MarathonError> {
-            let mut builder = reqwest::Client::builder().connect_timeout(config.connect_timeout);
-            match timeout {
-                Some(timeout) => builder = builder.timeout(timeout),
-                // The event stream follows Marathon's redirect to the leader itself, so that the
-                // credentials go along (reqwest drops them on a redirect to another host).
-                None => builder = builder.redirect(reqwest::redirect::Policy::none()),
-            }
+            let builder = || {
+                let b = reqwest::Client::builder().connect_timeout(config.connect_timeout);
+                match timeout {
+                    Some(timeout) => b.timeout(timeout),
+                    // The event stream follows Marathon's redirect to the leader itself, so that
+                    // the credentials go along (reqwest drops them on a redirect to another host).
+                    None => b.redirect(reqwest::redirect::Policy::none()),
+                }
+            };
+            let mut roots = None;
             if let Some(pem) = &config.ca_pem {
                 let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
                     MarathonError::Config(format!("Marathon CA bundle is not valid PEM: {e}"))
@@ -141,9 +144,9 @@ impl MarathonClient {
                         "Marathon CA bundle holds no certificate".into(),
                     ));
                 }
-                builder = builder.tls_certs_only(certs);
+                roots = Some(certs);
             }
-            builder.build().map_err(|e| {
+            crate::tls::http_client(builder, roots).map_err(|e| {
                 MarathonError::Config(format!(
                     "cannot build the HTTP client: {e} (was the TLS crypto provider installed?)"
                 ))

@@ -282,8 +282,9 @@ fn build_agent_image() -> String {
         base();
     }
     build();
-    if !image_runs(&tag) {
-        // The base was imported for another binary and lacks a library this one links.
+    if !image_runs(&tag) || !image_has_ca_bundle(&tag) {
+        // The base was imported for another binary and lacks a library this one links, or by
+        // a scripts/image from before the base carried the CA bundle.
         base();
         docker(["image", "rm", "-f", &tag]);
         build();
@@ -291,6 +292,8 @@ fn build_agent_image() -> String {
             image_runs(&tag),
             "berth --version does not run in {tag}, even on a base made for this binary"
         );
+        // Without CA certificates the agent could not send transfers (scripts/image base).
+        assert!(image_has_ca_bundle(&tag), "{tag} has no {CA_BUNDLE}");
     }
     eprintln!(
         "[docker_hosts] built {tag} from {} in {:.1} s",
@@ -312,36 +315,23 @@ fn build_agent_image() -> String {
 /// Where the Dockerfile puts the system's CA certificates (copied from the build image).
 pub const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
-/// Whether the agent image holds [`CA_BUNDLE`]. An image from `docker build` on the Dockerfile's
-/// default builder (`rust:1-bookworm`) does; one from `scripts/image` does not (its base is
-/// busybox and glibc only), and without any CA certificate the agent cannot build the HTTP client
-/// of its transfers, even to a plain-HTTP peer (`internal error: HTTP client: builder error`).
-/// The containers then get the test host's bundle, read-only, as a registry-built image has it.
-pub fn image_has_ca_bundle() -> bool {
-    static HAS: OnceLock<bool> = OnceLock::new();
-    *HAS.get_or_init(|| {
-        let has = docker([
-            "run",
-            "--rm",
-            "--network",
-            "none",
-            "--entrypoint",
-            "busybox",
-            agent_image(),
-            "test",
-            "-s",
-            CA_BUNDLE,
-        ])
-        .status
-        .success();
-        if !has {
-            assert!(
-                Path::new(CA_BUNDLE).exists(),
-                "the agent image has no {CA_BUNDLE} and neither has the test host (install ca-certificates)"
-            );
-        }
-        has
-    })
+/// Whether an image holds [`CA_BUNDLE`], as production images must: the Dockerfile copies it
+/// from its build image, and `scripts/image base` from the machine (Debian's ca-certificates).
+fn image_has_ca_bundle(tag: &str) -> bool {
+    docker([
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--entrypoint",
+        "busybox",
+        tag,
+        "test",
+        "-s",
+        CA_BUNDLE,
+    ])
+    .status
+    .success()
 }
 
 /// IPv4 routes of the test host (destination, mask), default routes left out.
@@ -511,9 +501,6 @@ impl AgentContainer {
         // The agent's --seed-allow /etc/localtime, as the Marathon app mounts it.
         if Path::new("/etc/localtime").exists() {
             cmd.extend(mount(Path::new("/etc/localtime"), true));
-        }
-        if !image_has_ca_bundle() {
-            cmd.extend(mount(Path::new(CA_BUNDLE), true));
         }
         if std::env::var_os("RUST_LOG").is_some() {
             cmd.extend(["-e".into(), "RUST_LOG".into()]);

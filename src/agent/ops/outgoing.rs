@@ -132,27 +132,21 @@ impl Agent {
         if let Some(c) = self.transfers.client.get() {
             return Ok(c.clone());
         }
-        crate::tls::install_crypto_provider();
         let builder = || {
             reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(5))
                 .read_timeout(Duration::from_secs(300))
                 .pool_idle_timeout(Duration::from_secs(5))
         };
-        let c = match &self.config.peer_ca_pem {
-            Some(pem) => {
-                let certs = reqwest::Certificate::from_pem_bundle(pem)
-                    .map_err(|e| TransferError::Internal(format!("--peer-ca-file: {e}")))?;
-                builder().tls_certs_only(certs).build()
-            }
-            // Without the system's CA certificates (a minimal image) the client trusts none:
-            // plain-HTTP peers work, HTTPS peers need --peer-ca-file.
-            None => builder().build().or_else(|e| {
-                tracing::warn!(error = %e, "no system CA certificates: transfers to HTTPS agents need --peer-ca-file");
-                builder().tls_certs_only(Vec::new()).build()
-            }),
-        }
-        .map_err(|e| TransferError::Internal(format!("HTTP client: {e}")))?;
+        let roots = match &self.config.peer_ca_pem {
+            Some(pem) => Some(
+                reqwest::Certificate::from_pem_bundle(pem)
+                    .map_err(|e| TransferError::Internal(format!("--peer-ca-file: {e}")))?,
+            ),
+            None => None,
+        };
+        let c = crate::tls::http_client(builder, roots)
+            .map_err(|e| TransferError::Internal(format!("HTTP client: {e}")))?;
         let _ = self.transfers.client.set(c.clone());
         Ok(c)
     }
