@@ -12,19 +12,6 @@ use serde_json::json;
 use support::stack::{StackOptions, eventually};
 use support_scenario::{Scenario, docker_app, ready};
 
-async fn events(s: &Scenario, name: &str) -> Vec<(String, String)> {
-    let api: kube::Api<k8s_openapi::api::events::v1::Event> =
-        kube::Api::namespaced(s.api.clone().into_client(), &s.ns);
-    api.list(&Default::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
-        .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_host_is_waited_for_or_its_scratch_volume_reprovisioned_and_its_old_data_reported_on_return() {
     let mut s = Scenario::start_with(
@@ -101,7 +88,7 @@ async fn a_lost_host_is_waited_for_or_its_scratch_volume_reprovisioned_and_its_o
         0,
         "new, empty data"
     );
-    let ev = events(&s, "scratch").await;
+    let ev = s.events("scratch").await;
     let note = &ev
         .iter()
         .find(|(r, _)| r == "Reprovisioned")
@@ -143,7 +130,7 @@ async fn a_lost_host_is_waited_for_or_its_scratch_volume_reprovisioned_and_its_o
         "cached bytes",
         "never deleted"
     );
-    let ev = events(&s, "scratch").await;
+    let ev = s.events("scratch").await;
     assert!(
         ev.iter()
             .any(|(r, n)| r == "OrphanedData" && n.contains("never deletes")),

@@ -197,22 +197,6 @@ async fn wait_moved(
     }
 }
 
-async fn events(s: &Scenario, name: &str) -> Vec<(String, String)> {
-    let api: kube::Api<k8s_openapi::api::events::v1::Event> =
-        kube::Api::namespaced(s.api.clone().into_client(), &s.ns);
-    let mut out: Vec<(String, String)> = api
-        .list(&Default::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
-        .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
-        .collect();
-    out.sort();
-    out
-}
-
 /// An app with two volumes bound on node-1 and data written into them.
 async fn bound_app(s: &Scenario, name: &str, reclaim: &str) -> (String, ControllerProcess) {
     let id = s.app_id(name);
@@ -376,7 +360,7 @@ async fn an_app_moves_to_another_host_with_its_data_verified_and_stops_only_for_
         "one write to stop the app, one to move it"
     );
 
-    let ev = events(&s, "db-data").await;
+    let ev = s.events("db-data").await;
     let reasons: Vec<&str> = ev.iter().map(|(r, _)| r.as_str()).collect();
     for r in ["AppStopped", "AppMoved", "Migrated"] {
         assert!(reasons.contains(&r), "{ev:?}");
@@ -438,7 +422,7 @@ async fn a_target_that_cannot_be_reached_never_stops_the_app_and_the_move_resume
     // The move cannot start (the target does not answer): the volume stays bound on node-1,
     // the app keeps running there, and an event says why.
     let note = eventually(60, "an event saying why the move waits", || async {
-        events(&s, "web-data")
+        s.events("web-data")
             .await
             .into_iter()
             .find(|(r, _)| r == "MoveWaiting")
@@ -560,7 +544,7 @@ async fn a_move_whose_target_is_lost_while_the_app_is_stopped_is_abandoned_and_t
         ctl.metric("berth_migrations_total{result=\"abandoned\"}").await,
         Some(1.0)
     );
-    let ev = events(&s, "q-data").await;
+    let ev = s.events("q-data").await;
     assert!(ev.iter().any(|(r, _)| r == "MigrationAbandoned"), "{ev:?}");
     // The spec still asks for node-2, but berth does not try again at once (10 minutes).
     tokio::time::sleep(std::time::Duration::from_secs(5)).await;
@@ -625,7 +609,7 @@ async fn downtime_of_a_1_gib_move() {
     let total = started.elapsed();
     let downtime = ctl.metric("berth_migration_downtime_seconds_sum").await.unwrap();
     let moved = ctl.metric("berth_migration_bytes_total").await.unwrap();
-    let ev = events(&s, "big-data").await;
+    let ev = s.events("big-data").await;
     let note = ev
         .iter()
         .find(|(r, _)| r == "Migrated")

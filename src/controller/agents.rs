@@ -348,22 +348,7 @@ impl AgentsApi for AgentDirectory {
     }
 
     fn release<'a>(&'a self, data: &'a DataRef) -> BoxFuture<'a, Result<(), Failure>> {
-        Box::pin(async move {
-            let Some(identity) = identity_of(data) else {
-                return Ok(());
-            };
-            let host = data.host.as_str();
-            let client = self.client(host).await?;
-            let _permit = self.limit(host).acquire_owned().await;
-            let req = ReleaseRequest {
-                tenant: data.tenant.clone(),
-                host_path: data.host_path.clone(),
-                identity,
-            };
-            let r = client.release(&req).await;
-            self.count("release_volume", host, &r);
-            r.map(|_| ()).map_err(|e| Failure::agent(host, &e))
-        })
+        Box::pin(async move { self.release_answer(data).await.map(|_| ()) })
     }
 
     fn release_found<'a>(&'a self, data: &'a DataRef) -> BoxFuture<'a, Result<bool, Failure>> {

@@ -17,7 +17,7 @@ use super::{
     conditions::{Binding, Check, Outcome, Reason, Report},
     context::Context,
     failure::Kind,
-    migration::plan::app_constraints,
+    migration::plan::{app_constraints, avoided_hosts},
     pass::{Observed, Role, act::write_status, plan::DataRef},
     placement::{self, Placement, PlacementInput},
     ports::VolumeEvent,
@@ -75,12 +75,7 @@ pub async fn run(ctx: &Context, obs: &Observed) -> Option<Duration> {
     let lost = lost_host(obs, |h| ctx.host_down_for(h))?;
     let app = crate::controller::pass::plan::found_app(obs)?;
     let candidates = ctx.agents.candidates().await;
-    let mut avoid: Vec<&str> = obs
-        .volumes
-        .iter()
-        .filter_map(|v| v.request())
-        .flat_map(|r| r.avoid_hosts.iter().map(String::as_str))
-        .collect();
+    let mut avoid = avoided_hosts(obs);
     avoid.push(&lost);
     let need = obs
         .volumes

@@ -108,6 +108,23 @@ impl Scenario {
         self.wait_reason(name, "Bound", 60).await
     }
 
+    /// The events about volume `name`: (reason, note).
+    pub async fn events(&self, name: &str) -> Vec<(String, String)> {
+        let api: Api<k8s_openapi::api::events::v1::Event> =
+            Api::namespaced(self.api.clone().into_client(), &self.ns);
+        let mut out: Vec<(String, String)> = api
+            .list(&Default::default())
+            .await
+            .expect("list events")
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+            .collect();
+        out.sort();
+        out
+    }
+
     /// Waits until the app's deployments are done and its tasks run.
     pub async fn wait_app_settled(&self, id: &str) -> Value {
         eventually(30, "the app to settle", || async {

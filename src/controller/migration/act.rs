@@ -341,29 +341,9 @@ async fn reclaim(ctx: &Context, obs: &Observed, m: &AppMove, now: Timestamp) -> 
         .as_deref()
         .and_then(|t| t.parse::<Timestamp>().ok())
         .map(|at| now.duration_since(at).as_secs_f64());
-    for mv in &m.volumes {
-        let v = &obs.volumes[mv.index];
-        let r = v.record.as_ref();
-        let report = Report {
-            ready: Outcome::new(
-                Phase::Bound,
-                Reason::Bound,
-                format!("bound on {}; moved there from {}", m.to, m.from),
-            ),
-            synced: checked(),
-            running: None,
-        };
-        let binding = Binding {
-            host: Some(m.to.clone()),
-            host_path: r.and_then(|r| r.host_path.clone()),
-            app: Some(obs.app_id.clone()),
-            tenant: Some(mv.tenant.clone()),
-            ..Default::default()
-        };
-        if let Err(e) = write_status(ctx, v, &report, binding, None, true).await {
-            warn!(volume = %v.name, error = %e, "cannot record the end of the move");
-            return POLL;
-        }
+    let message = format!("bound on {}; moved there from {}", m.to, m.from);
+    if !end(ctx, obs, m, &m.to, &message).await {
+        return POLL;
     }
     let files: i64 = m.volumes.iter().filter_map(|mv| mv.status.files_total).sum();
     let bytes: i64 = m.volumes.iter().filter_map(|mv| mv.status.bytes_total).sum();
@@ -430,29 +410,9 @@ async fn abandon(ctx: &Context, obs: &mut Observed, m: &AppMove, why: &str) -> D
             return POLL * 4;
         }
     }
-    for mv in &m.volumes {
-        let v = &obs.volumes[mv.index];
-        let r = v.record.as_ref();
-        let report = Report {
-            ready: Outcome::new(
-                Phase::Bound,
-                Reason::Bound,
-                format!("bound on {}; the move to {} was abandoned: {why}", m.from, m.to),
-            ),
-            synced: checked(),
-            running: None,
-        };
-        let binding = Binding {
-            host: Some(m.from.clone()),
-            host_path: r.and_then(|r| r.host_path.clone()),
-            app: Some(obs.app_id.clone()),
-            tenant: Some(mv.tenant.clone()),
-            ..Default::default()
-        };
-        if let Err(e) = write_status(ctx, v, &report, binding, None, true).await {
-            warn!(volume = %v.name, error = %e, "cannot record the abandoned move");
-            return POLL;
-        }
+    let message = format!("bound on {}; the move to {} was abandoned: {why}", m.from, m.to);
+    if !end(ctx, obs, m, &m.from, &message).await {
+        return POLL;
     }
     let note = format!(
         "abandoned the move of app {} to {}: {why}; the app runs on {} with its data untouched",
@@ -465,6 +425,30 @@ async fn abandon(ctx: &Context, obs: &mut Observed, m: &AppMove, why: &str) -> D
         .get_or_create(&crate::controller::metrics::ResultLabels { result: "abandoned" })
         .inc();
     Duration::ZERO
+}
+
+/// Ends the move in every volume's status: bound on `host`, `status.migration` gone.
+async fn end(ctx: &Context, obs: &Observed, m: &AppMove, host: &str, message: &str) -> bool {
+    for mv in &m.volumes {
+        let v = &obs.volumes[mv.index];
+        let report = Report {
+            ready: Outcome::new(Phase::Bound, Reason::Bound, message),
+            synced: checked(),
+            running: None,
+        };
+        let binding = Binding {
+            host: Some(host.to_owned()),
+            host_path: v.record.as_ref().and_then(|r| r.host_path.clone()),
+            app: Some(obs.app_id.clone()),
+            tenant: Some(mv.tenant.clone()),
+            ..Default::default()
+        };
+        if let Err(e) = write_status(ctx, v, &report, binding, None, true).await {
+            warn!(volume = %v.name, error = %e, "cannot record the end of the move");
+            return false;
+        }
+    }
+    true
 }
 
 /// One write to the app; `false` when Marathon did not take it.

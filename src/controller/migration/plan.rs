@@ -77,10 +77,7 @@ fn wanted_host(obs: &Observed, recorded: &str) -> Option<Result<String, ()>> {
 }
 
 fn avoided(obs: &Observed, host: &str) -> bool {
-    obs.volumes
-        .iter()
-        .filter_map(|v| v.request())
-        .any(|r| r.avoid_hosts.iter().any(|h| h == host))
+    avoided_hosts(obs).contains(&host)
 }
 
 /// Why the app's data cannot move now, when a move is asked for but not possible.
@@ -268,12 +265,7 @@ pub fn choose_target(
     let Some(app) = crate::controller::pass::plan::found_app(obs) else {
         return Err("the app cannot be read from Marathon".into());
     };
-    let mut avoid: Vec<&str> = obs
-        .volumes
-        .iter()
-        .filter_map(|v| v.request())
-        .flat_map(|r| r.avoid_hosts.iter().map(String::as_str))
-        .collect();
+    let mut avoid = avoided_hosts(obs);
     avoid.push(from);
     let input = PlacementInput {
         capacity_bytes: need,
@@ -291,6 +283,15 @@ pub fn choose_target(
 
 /// The app's own constraints, without berth's pin to the host its data is on now (which the
 /// move replaces).
+/// Every host the app's admitted volumes list in `placement.avoidHosts`.
+pub fn avoided_hosts(obs: &Observed) -> Vec<&str> {
+    obs.volumes
+        .iter()
+        .filter_map(|v| v.request())
+        .flat_map(|r| r.avoid_hosts.iter().map(String::as_str))
+        .collect()
+}
+
 pub fn app_constraints(app: &App) -> Vec<(String, String, Option<String>)> {
     let pin = app
         .labels

@@ -46,12 +46,7 @@ pub fn placement_input(obs: &Observed) -> PlacementInput<'_> {
     if let Some(app) = found_app(obs) {
         input.task_hosts = app.tasks.iter().flatten().map(|t| t.host.as_str()).collect();
     }
-    input.avoid = obs
-        .volumes
-        .iter()
-        .filter_map(|v| v.request())
-        .flat_map(|r| r.avoid_hosts.iter().map(String::as_str))
-        .collect();
+    input.avoid = crate::controller::migration::plan::avoided_hosts(obs);
     input.move_blocked = obs
         .move_blocked
         .clone()
