@@ -628,3 +628,37 @@ async fn downtime_of_a_1_gib_move() {
         256 << 20
     );
 }
+
+/// The source's agent dies during the copy (and forgets its transfer): when it is back, the
+/// copy is sent again under a new pass number and the move completes, the source intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_agent_killed_during_the_copy_is_waited_for_and_the_copy_sent_again() {
+    let mut s = two_hosts().await;
+    let (id, ctl) = bound_app(&s, "src", "Retain").await;
+    drop(ctl);
+    let source = volume_dir(&s, "node-1", "/src/data");
+    let before = describe(&source, NODE1_REMAP);
+    let mut crashing = crashing_controller(&s, "after-migration-send").await;
+    set_host(&s, "src-data", "node-2").await;
+    wait_exit(&mut crashing, "after-migration-send").await;
+    s.stack.host_mut("node-1").kill();
+    let ctl = s.controller().await;
+    // Without its source the move waits; the app is not stopped.
+    tokio::time::sleep(std::time::Duration::from_secs(8)).await;
+    let v = s.api.get("src-data").await.unwrap();
+    let st = v.status.unwrap();
+    assert_eq!(
+        st.migration.as_ref().map(|m| m.step),
+        Some(berth::crd::MigrationStep::Copying)
+    );
+    assert_eq!(s.app(&id).await["instances"], 1, "the app still runs");
+    s.stack.host_mut("node-1").start().await;
+    let v = wait_moved(&s, "src-data", "node-2", 120, &ctl).await;
+    assert_eq!(v.status.unwrap().host.as_deref(), Some("node-2"));
+    assert_same(
+        &describe(&volume_dir(&s, "node-2", "/src/data"), NODE2_REMAP),
+        &before,
+        "the moved data",
+    );
+    assert_same(&describe(&source, NODE1_REMAP), &before, "the old copy (Retain)");
+}
