@@ -96,6 +96,7 @@ annotations:
 {{- end }}
 - --resync={{ .Values.resync }}
 - --debounce={{ .Values.debounce }}
+- --migration-stop-limit={{ .Values.migrationStopLimit }}
 - --usage-warning={{ .Values.capacity.usageWarning }}
 - --capacity-overcommit={{ .Values.capacity.overcommit }}
 - --listen=0.0.0.0:{{ .Values.port }}
