@@ -7,15 +7,14 @@ use k8s_openapi::jiff::Timestamp;
 use tracing::{info, warn};
 
 use super::{
-    POLL,
+    POLL, RETRY,
     plan::{self, AppMove, Moving, Next, Seen},
 };
-use crate::controller::conditions::Reason;
 use crate::{
-    agent::api::CommitRequest,
+    agent::api::{CommitRequest, TransferState},
     controller::{
         app_patch::{self, MountedVolume},
-        conditions::{Binding, Check, Outcome, Report},
+        conditions::{Binding, Check, Outcome, Reason, Report},
         context::Context,
         failure::{Failure, Kind},
         pass::{AppRead, Observed, act::write_status, observe::reread_app, plan::DataRef},
@@ -46,10 +45,14 @@ pub async fn step(ctx: &Context, obs: &mut Observed, mut m: AppMove) -> Duration
             POLL * 2
         }
         Next::Send(list) => {
+            // A pass that failed, or could not start, is retried after a while, not at every
+            // poll (each attempt writes the volume's status).
+            let mut retry_soon = true;
             for i in list {
-                send(ctx, obs, &mut m, i).await;
+                let failed = matches!(seen.get(i), Some(Seen::Status(t)) if t.state == TransferState::Failed);
+                retry_soon &= send(ctx, obs, &mut m, i).await && !failed;
             }
-            POLL
+            if retry_soon { POLL } else { RETRY }
         }
         Next::Stop { instances } => {
             if m.step == MigrationStep::Copying {
@@ -97,10 +100,11 @@ pub async fn step(ctx: &Context, obs: &mut Observed, mut m: AppMove) -> Duration
             for mv in &mut m.volumes {
                 mv.status.step = MigrationStep::FinalCopy;
             }
+            let mut started = true;
             for i in 0..m.volumes.len() {
-                send(ctx, obs, &mut m, i).await;
+                started &= send(ctx, obs, &mut m, i).await;
             }
-            POLL
+            if started { POLL } else { RETRY }
         }
         Next::Commit => commit(ctx, obs, m, &seen).await,
         Next::Switch => {
@@ -139,7 +143,7 @@ async fn transfers(ctx: &Context, m: &AppMove) -> Vec<Seen> {
 
 /// Starts the next pass of one volume: its number is recorded first (a ticket is good for
 /// one pass, and the target refuses a pass it has seen).
-async fn send(ctx: &Context, obs: &Observed, m: &mut AppMove, i: usize) {
+async fn send(ctx: &Context, obs: &Observed, m: &mut AppMove, i: usize) -> bool {
     let from = m.from.clone();
     let to = m.to.clone();
     let mv = &mut m.volumes[i];
@@ -148,7 +152,7 @@ async fn send(ctx: &Context, obs: &Observed, m: &mut AppMove, i: usize) {
     let status = mv.status.clone();
     let mv = mv.clone();
     if !record(ctx, obs, m, &mv, status, None).await {
-        return;
+        return false;
     }
     let order = TransferOrder {
         from,
@@ -163,12 +167,14 @@ async fn send(ctx: &Context, obs: &Observed, m: &mut AppMove, i: usize) {
         Ok(t) => {
             info!(volume = %obs.volumes[mv.index].name, pass = t.pass, mode = ?t.mode, "transfer pass started");
             crate::controller::faults::crash_point("after-migration-send");
+            true
         }
         Err(f) => {
             warn!(volume = %obs.volumes[mv.index].name, error = %f.message, "cannot start a transfer pass");
             let mut shown = mv.status.clone();
             shown.message = Some(format!("cannot start the copy: {}", f.message));
             record(ctx, obs, m, &mv, shown, None).await;
+            false
         }
     }
 }

@@ -37,6 +37,8 @@ use plan::{AppMove, Intent};
 
 /// How often a move looks at its transfers and the app while it runs.
 const POLL: Duration = Duration::from_millis(500);
+/// When a copy pass that failed or could not start is tried again.
+const RETRY: Duration = Duration::from_secs(10);
 
 /// The move's part of a pass: `Some(requeue)` when the pass belonged to a move, `None` for an
 /// ordinary pass (with `obs.move_blocked` set when a move was asked for but cannot start).
