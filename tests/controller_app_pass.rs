@@ -157,14 +157,16 @@ async fn a_change_missed_while_the_event_stream_was_down_is_repaired_on_reconnec
     .await;
 }
 
-/// A changed `spec.placement.host` of bound data used to get a generic conflict message: the
-/// volume's own recorded and requested hosts never reached placement.
+/// A changed `spec.placement.host` of bound data that berth cannot move (a read-only volume
+/// may share its data with other volumes) says why, names the volume, and leaves the app where
+/// its data is. (Moves themselves: `tests/controller_migration.rs`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn changing_the_host_of_bound_data_says_berth_does_not_move_it() {
+async fn changing_the_host_of_bound_data_that_cannot_move_says_why() {
     let (s, id, _ctl) = Scenario::with_running_app(&["node-1", "node-2"], "web").await;
     s.apply(
         "data",
-        json!({"app": id, "containerPath": "/data", "hostPath": "/data", "placement": {"host": "node-1"}}),
+        json!({"app": id, "containerPath": "/data", "hostPath": "/data", "readOnly": true,
+               "placement": {"host": "node-1"}}),
     )
     .await;
     s.wait_bound("data").await;
@@ -180,7 +182,10 @@ async fn changing_the_host_of_bound_data_says_berth_does_not_move_it() {
         .unwrap();
     let message = ready(s.wait_reason("data", "ConflictingPlacement", 30).await).message;
     assert!(
-        message.contains("its data is on node-1") && message.contains("set placement.host back to node-1"),
+        message.contains("volume ")
+            && message.contains("its data is on node-1")
+            && message.contains("read-only")
+            && message.contains("set placement.host back to node-1"),
         "{message}"
     );
     let app = s.app(&id).await;
