@@ -235,7 +235,7 @@ async fn kubectl_shows_printer_columns_and_field_docs() {
     eprintln!("{text}");
     let mut lines = text.lines();
     let header: Vec<_> = lines.next().unwrap().split_whitespace().collect();
-    assert_eq!(header, ["NAME", "APP", "HOST", "PHASE", "READY", "AGE"]);
+    assert_eq!(header, ["NAME", "APP", "HOST", "PHASE", "READY", "MOVING", "AGE"]);
     let row: Vec<_> = lines.next().unwrap().split_whitespace().collect();
     assert_eq!(&row[..5], ["data", app.as_str(), "node-3", "Bound", "True"]);
 
@@ -250,7 +250,8 @@ async fn kubectl_shows_printer_columns_and_field_docs() {
     assert_eq!(
         header,
         [
-            "NAME", "APP", "HOST", "PHASE", "READY", "AGE", "REASON", "HOSTPATH", "CAPACITY", "USED", "LIMIT"
+            "NAME", "APP", "HOST", "PHASE", "READY", "MOVING", "AGE", "REASON", "HOSTPATH", "CAPACITY",
+            "USED", "LIMIT"
         ]
     );
     let row: Vec<_> = lines.next().unwrap().split_whitespace().collect();
@@ -263,6 +264,27 @@ async fn kubectl_shows_printer_columns_and_field_docs() {
             "1.2Gi",
             "Enforced"
         ]
+    );
+
+    // While a move is under way, the Moving column shows how far its copy got.
+    let moving = json!({"apiVersion": "berth.dev/v1alpha1", "kind": "StatefulLocalVolume",
+        "status": {"phase": "Migrating", "host": "node-3", "hostPath": "/containerdata/user-toto/data",
+                   "conditions": [ready("True", "Bound")],
+                   "migration": {"from": "node-3", "to": "node-4", "id": "m1", "step": "Copying", "pass": 1,
+                                 "progress": "Copying 1.2Gi of 3.0Gi, 40 of 100 files"}}});
+    api.patch_status(
+        "data",
+        &PatchParams::apply("berth-test").force(),
+        &Patch::Apply(&moving),
+    )
+    .await
+    .unwrap();
+    let out = kubectl().args(["get", "slv", "-n", &ns]).output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let row = text.lines().nth(1).unwrap();
+    assert!(
+        row.contains("Migrating") && row.contains("Copying 1.2Gi of 3.0Gi, 40 of 100 files"),
+        "{text}"
     );
 
     // The short name and the category work too.
@@ -315,7 +337,10 @@ async fn kubectl_explain_lists_nested_fields() {
                     "gid\t<integer> -required-",
                 ][..],
             ),
-            ("slv.spec.placement", &["FIELDS:", "host\t<string> -required-"]),
+            (
+                "slv.spec.placement",
+                &["FIELDS:", "host\t<string>", "avoidHosts\t<[]string>"],
+            ),
             (
                 "slv.spec.seed",
                 &["FIELDS:", "content\t<string>", "copyFromHost\t<string>"],
@@ -352,6 +377,13 @@ async fn kubectl_refuses_a_misspelt_field_unless_validation_is_off() {
     let client = admin_client().await;
     install_crd(&client).await;
     let ns = namespace(&client, "toto").await;
+    // kubectl validates against the schema the apiserver publishes, which a new apiserver
+    // publishes a moment after the CRD is established; without it kubectl checks nothing.
+    let published = explain(&["slv.spec.readOnly"]).await;
+    assert!(
+        published.contains("DESCRIPTION"),
+        "the schema was never published:\n{published}"
+    );
     let manifest = format!(
         "apiVersion: berth.dev/v1alpha1\nkind: StatefulLocalVolume\nmetadata: {{name: typo, namespace: {ns}}}\n\
          spec:\n  app: /{ns}/web\n  containerPath: /data\n  hostPath: /data\n  readonly: true\n"
