@@ -13,6 +13,8 @@
 //!                                   checks it against the source's manifest)
 //! migration final DIR               1 GiB in 1024 files; a live pass; 10 files change; the
 //!                                   final pass and commit are timed (the app's downtime)
+//! migration manifest SRC_BASE       the manifest of SRC_BASE/user-bench/data (the commit's
+//!                                   re-read), read by the walk alone and with readers beside it
 //! ```
 
 use std::{
@@ -382,6 +384,46 @@ async fn final_pass(dir: &Path) {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// The commit's re-read of a copy (from the page cache, as the commit reads it), by the walk
+/// alone and with 1, 2 and 4 reader threads; three runs each, best and median shown.
+fn manifest_readers(base: &Path) {
+    use std::os::fd::AsFd;
+    let dir = rustix::fs::open(
+        base.join("user-bench"),
+        rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::RDONLY,
+        rustix::fs::Mode::empty(),
+    )
+    .unwrap_or_else(|e| fail("open", e));
+    let map = IdMap::identity();
+    let mut digest = None;
+    for readers in [0, 1, 2, 4] {
+        let mut times: Vec<f64> = (0..3)
+            .map(|_| {
+                let start = Instant::now();
+                let m = berth::agent::transfer::verify::tree_manifest_with(
+                    dir.as_fd(),
+                    c"data",
+                    &map,
+                    &map,
+                    false,
+                    &|| false,
+                    readers,
+                )
+                .unwrap_or_else(|e| fail("manifest", e));
+                if *digest.get_or_insert_with(|| m.digest.clone()) != m.digest {
+                    fail("manifest", "readers gave another digest");
+                }
+                start.elapsed().as_secs_f64()
+            })
+            .collect();
+        times.sort_by(f64::total_cmp);
+        println!(
+            "manifest, {readers} readers: best {:.3} s, median {:.3} s",
+            times[0], times[1]
+        );
+    }
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -427,6 +469,7 @@ fn main() {
             );
         }
         Some("final") => runtime().block_on(final_pass(&arg(1))),
+        Some("manifest") => manifest_readers(&arg(1)),
         Some(other) => fail("usage", format!("unknown command {other}")),
         None => {
             let base = std::env::var("BENCH_DIR")

@@ -96,12 +96,26 @@ pub fn open_file(dir: BorrowedFd<'_>, name: &CStr) -> Result<OwnedFd, Errno> {
 /// checked with `fstat`, and the very inode is reopened through its `/proc/self/fd` link.
 /// `Ok(None)` when it is no longer that file.
 pub fn open_listed_file(dir: BorrowedFd<'_>, name: &CStr, expected: &Stat) -> Result<Option<OwnedFd>, Errno> {
-    let pfd = match open_beneath(dir, name, OFlags::PATH, Mode::empty()) {
-        Ok(fd) => fd,
-        Err(Errno::NOENT | Errno::LOOP | Errno::NOTDIR) => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    let st = fstat(pfd.as_fd())?;
+    match open_listed_path(dir, name)? {
+        Some(pfd) => reopen_listed(pfd.as_fd(), expected),
+        None => Ok(None),
+    }
+}
+
+/// The first half of [`open_listed_file`]: the name opened `O_PATH` (nothing followed; no
+/// data can be read through it). `Ok(None)` when it is gone or no longer a plain name.
+pub fn open_listed_path(dir: BorrowedFd<'_>, name: &CStr) -> Result<Option<OwnedFd>, Errno> {
+    match open_beneath(dir, name, OFlags::PATH, Mode::empty()) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(Errno::NOENT | Errno::LOOP | Errno::NOTDIR) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The second half of [`open_listed_file`]: the `O_PATH` fd checked to be the regular file
+/// `expected` and reopened for reading. `Ok(None)` when it is another inode or type.
+pub fn reopen_listed(pfd: BorrowedFd<'_>, expected: &Stat) -> Result<Option<OwnedFd>, Errno> {
+    let st = fstat(pfd)?;
     if !st.same_inode(expected) || st.file_type() != FileType::RegularFile {
         return Ok(None);
     }
