@@ -519,3 +519,87 @@ fn measure_usage_latency() {
          a usage call answered from the walk cache {cached_walk_call:?} (first call, queueing the walks: {first_walk_call:?})"
     );
 }
+
+/// A volume held to its capacity by a btrfs qgroup moves to another host and is still held
+/// to it there: the copy is staged as a subvolume, like the empty volume it replaces, so the
+/// target's next ensure sets its limit, and a write past it fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_volume_is_still_held_to_its_capacity() {
+    use berth::agent::{
+        api::{CommitRequest, EnsureBody, IdentityCheck, TransferState},
+        identity::Expect,
+    };
+    use support_agent::migration::{Host, identity, request, wait};
+
+    let fs = LoopBtrfs::new(400);
+    let source = Host::in_dir("node-1", 165536, &fs.path(""), true).await;
+    let target = Host::in_dir("node-2", 231072, &fs.path(""), true).await;
+    let body = |expect| EnsureBody {
+        request: req("/data"),
+        capacity_bytes: Some(32 * MIB),
+        check: IdentityCheck {
+            identity: Some(identity()),
+            expect: Some(expect),
+        },
+    };
+    for h in [&source, &target] {
+        let v = h
+            .client
+            .ensure_volume_with_capacity(&body(Expect::New))
+            .await
+            .unwrap();
+        assert!(v.limit.as_ref().unwrap().enforced, "{:?}", v.limit);
+    }
+    let src = source.volume("toto", "/data");
+    let (written, err) = fill(&src.join("big"), 8 * MIB);
+    assert!(err.is_none() && written == 8 * MIB);
+    std::fs::create_dir(src.join("dir")).unwrap();
+    std::fs::write(src.join("dir/small"), b"small\n").unwrap();
+
+    source
+        .client
+        .start_transfer(&request(&target, "mig-q", 1))
+        .await
+        .unwrap();
+    let pass = wait(&source.client, "mig-q").await;
+    assert_eq!(pass.state, TransferState::Succeeded, "{pass:?}");
+    let commit = CommitRequest {
+        tenant: "toto".into(),
+        host_path: "/data".into(),
+        identity: identity(),
+        manifest: pass.manifest.unwrap().digest,
+    };
+    target.client.commit("mig-q", &commit).await.unwrap();
+
+    let dst = target.volume("toto", "/data");
+    assert!(
+        is_subvolume(&dst),
+        "the copy in place is a subvolume, as the volume it replaced"
+    );
+    assert_eq!(std::fs::read(dst.join("dir/small")).unwrap(), b"small\n");
+    assert!(
+        !target
+            .env
+            .tenant_root("toto")
+            .join(".berth-staging/mig-q")
+            .exists(),
+        "the staging area (with the empty subvolume it took) is gone"
+    );
+    let again = target
+        .client
+        .ensure_volume_with_capacity(&body(Expect::Bound))
+        .await
+        .unwrap();
+    let limit = again.limit.unwrap();
+    assert!(limit.enforced, "{limit:?}");
+    assert_eq!(limit.bytes, Some(32 * MIB));
+    let (written, err) = fill(&dst.join("more"), 64 * MIB);
+    assert!(
+        err.as_ref().is_some_and(is_quota_error),
+        "a write past the capacity fails on the new host: {err:?}"
+    );
+    assert!(
+        written <= 24 * MIB + MIB,
+        "{written} bytes more went into a 32 MiB volume holding 8"
+    );
+}

@@ -12,6 +12,7 @@ use std::{
 };
 
 use berth::agent::{
+    AgentConfig,
     api::{TransferRequest, TransferState, TransferStatus, TransferTarget},
     client::{AgentClient, AgentClientOptions},
     credentials,
@@ -35,8 +36,17 @@ pub struct Host {
 impl Host {
     /// A host whose remap maps container 0.. to host `start`..
     pub async fn new(name: &str, start: u32) -> Self {
+        Self::in_dir(name, start, &std::env::temp_dir(), false).await
+    }
+
+    /// A host whose root is in `parent` (a filesystem of the test's choice), with the agent's
+    /// `--enable-quota` set to `quota`.
+    pub async fn in_dir(name: &str, start: u32, parent: &Path, quota: bool) -> Self {
         let map = || IdMap::from_host_ranges("test", &[(start, 65536)]).unwrap();
-        let env = Env::with(|base| config(base, map(), map()));
+        let env = Env::with_in(parent, |base| AgentConfig {
+            enable_quota: quota,
+            ..config(base, map(), map())
+        });
         let token = format!("{name}-token-0123456789abcdef");
         let server = start_server_as(env.agent.clone(), None, Default::default(), &token).await;
         let client = AgentClient::new(&server.url(), &token, &AgentClientOptions::default()).unwrap();

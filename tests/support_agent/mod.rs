@@ -64,10 +64,15 @@ impl Env {
     }
 
     pub fn with(make: impl FnOnce(&Path) -> AgentConfig) -> Self {
+        Self::with_in(&std::env::temp_dir(), make)
+    }
+
+    /// [`Env::with`] in the directory `parent` (e.g. a loop-mounted filesystem).
+    pub fn with_in(parent: &Path, make: impl FnOnce(&Path) -> AgentConfig) -> Self {
         require_root();
         let tmp = tempfile::Builder::new()
             .prefix("berth-agent-test")
-            .tempdir()
+            .tempdir_in(parent)
             .unwrap();
         let base = tmp.path().join("containerdata");
         let decoy = tmp.path().join("decoy");

@@ -18,7 +18,11 @@ use crate::{
             VolumeQuery,
         },
         identity::{self, Stamp, StampState},
-        safe_fs::stamp::{set_mark, stamp_of},
+        quota::btrfs,
+        safe_fs::{
+            is_subvolume_root,
+            stamp::{set_mark, stamp_of},
+        },
         transfer::{
             Incoming, MAX_RECEIVES, ReceiveGuard, TicketClaims, TransferError, lock,
             receive::{self, DATA, STAGING_DIR, StagingState},
@@ -176,6 +180,9 @@ impl Agent {
         } else {
             receive::remove_all(top.as_fd(), DATA).map_err(io("empty"))?;
             state.last_complete = None;
+            if !begin.file {
+                self.stage_like_volume(&t, top.as_fd());
+            }
         }
         receive::write_state(top.as_fd(), &state).map_err(io("write the state of"))?;
         let maps = (&self.config.uid_map, &self.config.gid_map);
@@ -187,6 +194,29 @@ impl Agent {
         info!(tenant = %t.tenant, transfer = %claims.transfer_id, pass = claims.pass, entries = out.entries,
               data_bytes = out.data_bytes, deleted = out.deleted, "received a transfer pass");
         Ok(out)
+    }
+
+    /// Gives a full pass's copy the form of the volume it will replace: a btrfs subvolume when
+    /// the target was provisioned as one (a volume with a capacity), so that its limit still
+    /// holds once the copy is in place. Otherwise (or when btrfs refuses) the stream makes a
+    /// plain directory, whose limit the next ensure reports as not enforced.
+    fn stage_like_volume(&self, t: &Target, top: std::os::fd::BorrowedFd<'_>) {
+        let in_place = match self.fs.open_volume_dir(&t.root, &t.path) {
+            Ok(Some(vol)) => is_subvolume_root(vol.fd.as_fd(), &vol.meta),
+            Ok(None) => false,
+            Err(e) => {
+                warn!(tenant = %t.tenant, host_path = %t.path, error = %e, "cannot look at the volume in place; staging a plain directory");
+                false
+            }
+        };
+        if !in_place {
+            return;
+        }
+        match btrfs::create_subvolume(top, DATA) {
+            Ok(()) => {}
+            Err(e) => warn!(tenant = %t.tenant, host_path = %t.path, error = %e,
+                "cannot stage the copy as a btrfs subvolume: once in place, its capacity is not enforced"),
+        }
     }
 
     /// `GET /v1/incoming/{id}`.
