@@ -520,45 +520,31 @@ fn measure_usage_latency() {
     );
 }
 
-/// A volume held to its capacity by a btrfs qgroup moves to another host and is still held
-/// to it there: the copy is staged as a subvolume, like the empty volume it replaces, so the
-/// target's next ensure sets its limit, and a write past it fails.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_moved_volume_is_still_held_to_its_capacity() {
-    use berth::agent::{
-        api::{CommitRequest, EnsureBody, IdentityCheck, TransferState},
-        identity::Expect,
-    };
-    use support_agent::migration::{Host, identity, request, wait};
-
-    let fs = LoopBtrfs::new(400);
-    let source = Host::in_dir("node-1", 165536, &fs.path(""), true).await;
-    let target = Host::in_dir("node-2", 231072, &fs.path(""), true).await;
-    let body = |expect| EnsureBody {
+/// The ensure body of `/data` with a capacity and the test identity.
+fn moving_body(expect: berth::agent::identity::Expect) -> berth::agent::api::EnsureBody {
+    berth::agent::api::EnsureBody {
         request: req("/data"),
         capacity_bytes: Some(32 * MIB),
-        check: IdentityCheck {
-            identity: Some(identity()),
+        check: berth::agent::api::IdentityCheck {
+            identity: Some(support_agent::migration::identity()),
             expect: Some(expect),
         },
-    };
-    for h in [&source, &target] {
-        let v = h
-            .client
-            .ensure_volume_with_capacity(&body(Expect::New))
-            .await
-            .unwrap();
-        assert!(v.limit.as_ref().unwrap().enforced, "{:?}", v.limit);
     }
+}
+
+/// Fills the source's `/data` (8 MiB, a directory, a small file), moves it to the target in one
+/// full pass and commits it there.
+async fn move_data(source: &support_agent::migration::Host, target: &support_agent::migration::Host) {
+    use berth::agent::api::{CommitRequest, TransferState};
+    use support_agent::migration::{identity, request, wait};
     let src = source.volume("toto", "/data");
     let (written, err) = fill(&src.join("big"), 8 * MIB);
     assert!(err.is_none() && written == 8 * MIB);
     std::fs::create_dir(src.join("dir")).unwrap();
     std::fs::write(src.join("dir/small"), b"small\n").unwrap();
-
     source
         .client
-        .start_transfer(&request(&target, "mig-q", 1))
+        .start_transfer(&request(target, "mig-q", 1))
         .await
         .unwrap();
     let pass = wait(&source.client, "mig-q").await;
@@ -570,12 +556,7 @@ async fn a_moved_volume_is_still_held_to_its_capacity() {
         manifest: pass.manifest.unwrap().digest,
     };
     target.client.commit("mig-q", &commit).await.unwrap();
-
     let dst = target.volume("toto", "/data");
-    assert!(
-        is_subvolume(&dst),
-        "the copy in place is a subvolume, as the volume it replaced"
-    );
     assert_eq!(std::fs::read(dst.join("dir/small")).unwrap(), b"small\n");
     assert!(
         !target
@@ -583,11 +564,39 @@ async fn a_moved_volume_is_still_held_to_its_capacity() {
             .tenant_root("toto")
             .join(".berth-staging/mig-q")
             .exists(),
-        "the staging area (with the empty subvolume it took) is gone"
+        "the staging area (with the empty volume it took) is gone"
+    );
+}
+
+/// A volume held to its capacity by a btrfs qgroup moves to another host and is still held
+/// to it there: the copy is staged as a subvolume, like the empty volume it replaces, so the
+/// target's next ensure sets its limit, and a write past it fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_volume_is_still_held_to_its_capacity() {
+    use berth::agent::identity::Expect;
+    use support_agent::migration::Host;
+
+    let fs = LoopBtrfs::new(400);
+    let source = Host::in_dir("node-1", 165536, &fs.path(""), true).await;
+    let target = Host::in_dir("node-2", 231072, &fs.path(""), true).await;
+    for h in [&source, &target] {
+        let v = h
+            .client
+            .ensure_volume_with_capacity(&moving_body(Expect::New))
+            .await
+            .unwrap();
+        assert!(v.limit.as_ref().unwrap().enforced, "{:?}", v.limit);
+    }
+    move_data(&source, &target).await;
+
+    let dst = target.volume("toto", "/data");
+    assert!(
+        is_subvolume(&dst),
+        "the copy in place is a subvolume, as the volume it replaced"
     );
     let again = target
         .client
-        .ensure_volume_with_capacity(&body(Expect::Bound))
+        .ensure_volume_with_capacity(&moving_body(Expect::Bound))
         .await
         .unwrap();
     let limit = again.limit.unwrap();
@@ -601,5 +610,58 @@ async fn a_moved_volume_is_still_held_to_its_capacity() {
     assert!(
         written <= 24 * MIB + MIB,
         "{written} bytes more went into a 32 MiB volume holding 8"
+    );
+}
+
+/// On XFS a volume with a capacity is counted by its project id, which new files inherit from
+/// their directory. A moved volume keeps the target volume's project id on every file it holds,
+/// so all of them count against its limit there. (This machine's kernel has no XFS quota: the
+/// ids are checked with `xfs_io`, the enforcement itself is not.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_volume_keeps_its_xfs_project_id_on_every_file() {
+    use berth::agent::identity::Expect;
+    use support_agent::migration::Host;
+
+    let fs = LoopXfs::new(512);
+    let source = Host::in_dir("node-1", 165536, &fs.path(""), false).await;
+    let target = Host::in_dir("node-2", 231072, &fs.path(""), false).await;
+    for h in [&source, &target] {
+        let v = h
+            .client
+            .ensure_volume_with_capacity(&moving_body(Expect::New))
+            .await
+            .unwrap();
+        assert_eq!(
+            v.limit.as_ref().unwrap().kind,
+            QuotaKind::XfsProject,
+            "{:?}",
+            v.limit
+        );
+    }
+    let dst = target.volume("toto", "/data");
+    let project = LoopXfs::project_of(&dst);
+    assert_ne!(project, 0, "the target's new volume has a project id");
+    // Each host allocates its own ids; here both hosts share one filesystem, so the source's
+    // volume is given another id by hand, as another host would have.
+    run("xfs_io", &["-c", "chproj 42", source.volume("toto", "/data").to_str().unwrap()]);
+    assert_ne!(project, 42);
+    move_data(&source, &target).await;
+
+    for p in ["", "big", "dir", "dir/small"] {
+        assert_eq!(
+            LoopXfs::project_of(&dst.join(p)),
+            project,
+            "/data/{p} counts against the volume's limit on the new host"
+        );
+    }
+    let again = target
+        .client
+        .ensure_volume_with_capacity(&moving_body(Expect::Bound))
+        .await
+        .unwrap();
+    let reason = again.limit.unwrap().reason.unwrap_or_default();
+    assert!(
+        !reason.contains("project id had been changed"),
+        "the volume in place carries its id: {reason}"
     );
 }

@@ -13,7 +13,7 @@ pub fn run(cmd: &str, args: &[&str]) -> String {
     let out = Command::new(cmd)
         .args(args)
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd}: {e} (scripts/test installs btrfs-progs)"));
+        .unwrap_or_else(|e| panic!("cannot run {cmd}: {e} (scripts/test installs btrfs-progs and xfsprogs)"));
     assert!(
         out.status.success(),
         "{cmd} {args:?} failed: {}{}",
@@ -33,17 +33,7 @@ impl LoopBtrfs {
     /// Makes and mounts a btrfs filesystem of `mib` MiB (mount(8) sets up the loop device with
     /// autoclear, so unmounting releases it).
     pub fn new(mib: u64) -> Self {
-        super::require_root();
-        let tmp = tempfile::Builder::new().prefix("berth-btrfs").tempdir().unwrap();
-        let img = tmp.path().join("fs.img");
-        let mnt = tmp.path().join("mnt");
-        std::fs::File::create(&img).unwrap().set_len(mib << 20).unwrap();
-        std::fs::create_dir(&mnt).unwrap();
-        run("mkfs.btrfs", &["-q", img.to_str().unwrap()]);
-        run(
-            "mount",
-            &["-o", "loop", img.to_str().unwrap(), mnt.to_str().unwrap()],
-        );
+        let (tmp, mnt) = mount_loop("mkfs.btrfs", "loop", mib);
         Self { tmp, mnt }
     }
 
@@ -82,17 +72,74 @@ impl LoopBtrfs {
 
 impl Drop for LoopBtrfs {
     fn drop(&mut self) {
-        let mnt = self.mnt.to_str().unwrap_or_default();
-        // Busy while an agent still holds its root fd (e.g. a server task not yet dropped): then
-        // lazily, and the loop device goes when the last fd closes.
-        let ok = Command::new("umount")
-            .arg(mnt)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            let _ = Command::new("umount").args(["-l", mnt]).status();
-        }
+        unmount(&self.mnt);
+    }
+}
+
+/// A loop-mounted XFS filesystem (this machine's kernel has no XFS quota, so it is mounted
+/// without `prjquota`: project ids are kept on inodes, limits are not enforced).
+pub struct LoopXfs {
+    pub tmp: TempDir,
+    pub mnt: PathBuf,
+}
+
+impl LoopXfs {
+    /// At least 300 MiB (mkfs.xfs's smallest).
+    pub fn new(mib: u64) -> Self {
+        let (tmp, mnt) = mount_loop("mkfs.xfs", "loop", mib);
+        Self { tmp, mnt }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+
+    /// The project id of `path`, read by `xfs_io` (not by berth).
+    pub fn project_of(path: &Path) -> u32 {
+        let out = run("xfs_io", &["-r", "-c", "lsproj", path.to_str().unwrap()]);
+        // "projid = 7"
+        out.trim()
+            .rsplit(' ')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("xfs_io lsproj printed {out:?}"))
+    }
+}
+
+impl Drop for LoopXfs {
+    fn drop(&mut self) {
+        unmount(&self.mnt);
+    }
+}
+
+/// Makes a filesystem of `mib` MiB in a file with `mkfs` and mounts it with `options` (mount(8)
+/// sets up the loop device with autoclear, so unmounting releases it).
+fn mount_loop(mkfs: &str, options: &str, mib: u64) -> (TempDir, PathBuf) {
+    super::require_root();
+    let tmp = tempfile::Builder::new().prefix("berth-loopfs").tempdir().unwrap();
+    let img = tmp.path().join("fs.img");
+    let mnt = tmp.path().join("mnt");
+    std::fs::File::create(&img).unwrap().set_len(mib << 20).unwrap();
+    std::fs::create_dir(&mnt).unwrap();
+    run(mkfs, &["-q", img.to_str().unwrap()]);
+    run(
+        "mount",
+        &["-o", options, img.to_str().unwrap(), mnt.to_str().unwrap()],
+    );
+    (tmp, mnt)
+}
+
+fn unmount(mnt: &Path) {
+    let mnt = mnt.to_str().unwrap_or_default();
+    // Busy while an agent still holds its root fd (e.g. a server task not yet dropped): then
+    // lazily, and the loop device goes when the last fd closes.
+    let ok = Command::new("umount")
+        .arg(mnt)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        let _ = Command::new("umount").args(["-l", mnt]).status();
     }
 }
 

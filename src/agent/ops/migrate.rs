@@ -18,7 +18,7 @@ use crate::{
             VolumeQuery,
         },
         identity::{self, Stamp, StampState},
-        quota::btrfs,
+        quota::{btrfs, xfs},
         safe_fs::{
             is_subvolume_root,
             stamp::{set_mark, stamp_of},
@@ -196,26 +196,38 @@ impl Agent {
         Ok(out)
     }
 
-    /// Gives a full pass's copy the form of the volume it will replace: a btrfs subvolume when
-    /// the target was provisioned as one (a volume with a capacity), so that its limit still
-    /// holds once the copy is in place. Otherwise (or when btrfs refuses) the stream makes a
-    /// plain directory, whose limit the next ensure reports as not enforced.
+    /// Gives a full pass's copy the form of the volume it will replace, so that the limit of a
+    /// volume with a capacity still holds once the copy is in place: a btrfs subvolume when the
+    /// target was provisioned as one; on XFS, the volume's project id (inherited by everything
+    /// the stream then creates, so every file counts against the limit). Otherwise, or when the
+    /// filesystem refuses, the stream makes a plain directory, whose limit the next ensure
+    /// reports as not enforced.
     fn stage_like_volume(&self, t: &Target, top: std::os::fd::BorrowedFd<'_>) {
-        let in_place = match self.fs.open_volume_dir(&t.root, &t.path) {
-            Ok(Some(vol)) => is_subvolume_root(vol.fd.as_fd(), &vol.meta),
-            Ok(None) => false,
+        let vol = match self.fs.open_volume_dir(&t.root, &t.path) {
+            Ok(Some(vol)) => vol,
+            Ok(None) => return,
             Err(e) => {
                 warn!(tenant = %t.tenant, host_path = %t.path, error = %e, "cannot look at the volume in place; staging a plain directory");
-                false
+                return;
             }
         };
-        if !in_place {
+        if is_subvolume_root(vol.fd.as_fd(), &vol.meta) {
+            if let Err(e) = btrfs::create_subvolume(top, DATA) {
+                warn!(tenant = %t.tenant, host_path = %t.path, error = %e,
+                    "cannot stage the copy as a btrfs subvolume: once in place, its capacity is not enforced");
+            }
             return;
         }
-        match btrfs::create_subvolume(top, DATA) {
-            Ok(()) => {}
-            Err(e) => warn!(tenant = %t.tenant, host_path = %t.path, error = %e,
-                "cannot stage the copy as a btrfs subvolume: once in place, its capacity is not enforced"),
+        let project = match xfs::get_project(vol.fd.as_fd()) {
+            Ok(x) if x.projid != 0 && x.xflags & xfs::FS_XFLAG_PROJINHERIT != 0 => x.projid,
+            _ => return,
+        };
+        let tagged = rustix::fs::mkdirat(top, DATA, rustix::fs::Mode::from_raw_mode(0o700))
+            .and_then(|()| crate::agent::transfer::walk::open_dir(top, DATA))
+            .and_then(|data| xfs::set_project(data.as_fd(), project));
+        if let Err(e) = tagged {
+            warn!(tenant = %t.tenant, host_path = %t.path, project, error = %e,
+                "cannot give the staged copy the volume's project id: once in place, its capacity is not enforced");
         }
     }
 
