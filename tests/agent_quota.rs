@@ -643,7 +643,14 @@ async fn a_moved_volume_keeps_its_xfs_project_id_on_every_file() {
     assert_ne!(project, 0, "the target's new volume has a project id");
     // Each host allocates its own ids; here both hosts share one filesystem, so the source's
     // volume is given another id by hand, as another host would have.
-    run("xfs_io", &["-c", "chproj 42", source.volume("toto", "/data").to_str().unwrap()]);
+    run(
+        "xfs_io",
+        &[
+            "-c",
+            "chproj 42",
+            source.volume("toto", "/data").to_str().unwrap(),
+        ],
+    );
     assert_ne!(project, 42);
     move_data(&source, &target).await;
 

@@ -436,7 +436,22 @@ async fn a_target_that_cannot_be_reached_never_stops_the_app_and_the_move_resume
     tokio::time::sleep(std::time::Duration::from_secs(5)).await;
     let v = s.api.get("web-data").await.unwrap();
     assert_eq!(v.status.as_ref().unwrap().host.as_deref(), Some("node-1"));
-    assert_eq!(ready(v).reason, "Bound");
+    assert_eq!(ready(v.clone()).reason, "Bound");
+    // The status says it too: still Ready where it is, Reconciling towards node-2, and why.
+    let reconciling = v
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Reconciling")
+        .cloned()
+        .expect("a Reconciling condition while the move waits");
+    assert_eq!(
+        (reconciling.status.as_str(), reconciling.reason.as_str()),
+        ("True", "MoveWaiting")
+    );
+    assert!(reconciling.message.contains("does not answer"), "{reconciling:?}");
     assert_eq!(s.app_writes(&id), writes_before, "the app was not touched");
     let app = s.app(&id).await;
     assert_eq!(app["instances"], 1);

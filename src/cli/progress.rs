@@ -134,7 +134,8 @@ pub fn copy_progress(m: &MigrationStatus) -> Option<String> {
 }
 
 /// One line about `v`: `toto/db  Copying  412Mi of 1.0Gi, 1200 of 3000 files  node-1 → node-2`
-/// while it moves, `toto/db  Bound  ready  node-2` otherwise.
+/// while it moves, `toto/db  Bound  ready  node-2` otherwise, followed by what a move waits for
+/// before it starts.
 pub fn progress_line(v: &StatefulLocalVolume) -> String {
     let mut parts = vec![key(v)];
     if is_deleting(v) {
@@ -158,6 +159,10 @@ pub fn progress_line(v: &StatefulLocalVolume) -> String {
             let is_ready = ready.is_some_and(|c| c.status == "True");
             parts.push(if is_ready { "ready" } else { "not ready" }.into());
             parts.push(bound_host(v).unwrap_or("not bound").to_owned());
+            // A move that has not started says what it waits for.
+            if let Some(c) = condition(v, "Reconciling").filter(|c| c.reason == "MoveWaiting") {
+                parts.push(c.message.clone());
+            }
         }
     }
     parts.join("  ")

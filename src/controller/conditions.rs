@@ -4,7 +4,9 @@
 //!   pinned to that host. It does not flicker with Marathon or an agent being briefly away: a
 //!   controller that cannot check keeps the last known `Ready` and says so in `Synced`.
 //! - `Reconciling=True` while berth works towards the spec, `Stalled=True` when it cannot go on
-//!   without a change by the user (kstatus: InProgress and Failed; both absent otherwise).
+//!   without a change by the user (kstatus: InProgress and Failed; both absent otherwise). A
+//!   ready volume whose move waits is `Reconciling` too: the spec is not met yet, and the
+//!   condition says what the move waits for.
 //! - `Synced` says whether berth could check the volume in its last pass (Marathon and the
 //!   host's agent answered).
 //! - `AppRunning` (once bound) says whether the app's tasks run on the volume's host.
@@ -80,11 +82,14 @@ pub enum Reason {
     /// The host was lost and the volume was given new, empty data elsewhere
     /// (`hostLoss: Reprovision`).
     Reprovisioned,
+    /// The spec asks for another host, and the move waits for something berth cannot change
+    /// (the target's agent, its room, the app's constraints); the data stays where it is.
+    MoveWaiting,
 }
 
 impl Reason {
     /// Every reason, for parsing what berth wrote before.
-    pub const ALL: [Reason; 27] = [
+    pub const ALL: [Reason; 28] = [
         Reason::Bound,
         Reason::InvalidSpec,
         Reason::ConflictingPlacement,
@@ -112,6 +117,7 @@ impl Reason {
         Reason::WrongData,
         Reason::Migrating,
         Reason::Reprovisioned,
+        Reason::MoveWaiting,
     ];
 
     /// The reason named `s` (as written in a condition).
@@ -198,6 +204,8 @@ pub struct Report {
     pub ready: Outcome,
     pub synced: Check,
     pub running: Option<Check>,
+    /// What keeps a ready volume from what its spec asks (a move that waits): `Reconciling`.
+    pub waiting: Option<Check>,
 }
 
 /// Where the data is and what berth bound it to, with berth's seal (see `seal.rs`).
@@ -245,6 +253,8 @@ pub fn status(
         conditions.push(make("Stalled", true, ready.reason, &ready.message));
     } else if !ready.is_ready() {
         conditions.push(make("Reconciling", true, ready.reason, &ready.message));
+    } else if let Some(w) = &report.waiting {
+        conditions.push(make("Reconciling", true, w.reason, &w.message));
     }
     let s = &report.synced;
     conditions.push(make("Synced", s.ok, s.reason, &s.message));

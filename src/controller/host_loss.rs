@@ -113,6 +113,7 @@ pub async fn run(ctx: &Context, obs: &Observed) -> Option<Duration> {
             humantime::format_duration(Duration::from_secs(away.as_secs()))
         );
         let report = Report {
+            waiting: None,
             ready: Outcome::new(Phase::Provisioning, Reason::Reprovisioned, message.clone()),
             synced: Check::ok(Reason::Checked, "berth's last pass reached Marathon"),
             running: None,
@@ -183,6 +184,7 @@ async fn check_orphans(ctx: &Context, obs: &Observed) {
             continue;
         };
         let report = Report {
+            waiting: None,
             ready: previous_outcome(previous),
             synced: Check::ok(
                 Reason::Checked,

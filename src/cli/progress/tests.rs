@@ -132,6 +132,28 @@ fn the_progress_line_shows_step_progress_and_hosts() {
 }
 
 #[test]
+fn the_progress_line_says_what_a_move_waits_for() {
+    let waiting = "cannot move to node-2 yet: the berth agent of node-2 does not answer; the data stays on node-1 meanwhile";
+    let v = volume(json!({
+        "phase": "Bound", "host": "node-1", "observedGeneration": 3,
+        "conditions": [condition("Ready", "True", "Bound", "mounted", 3),
+                       condition("Reconciling", "True", "MoveWaiting", waiting, 3)],
+    }));
+    assert_eq!(
+        progress_line(&v),
+        format!("toto/db  Bound  ready  node-1  {waiting}")
+    );
+    assert_eq!(volume_state(&v, Target::On("node-2")), VolumeState::Waiting);
+    // One written for the spec before the edit says nothing about this move.
+    let v = volume(json!({
+        "phase": "Bound", "host": "node-1", "observedGeneration": 2,
+        "conditions": [condition("Ready", "True", "Bound", "mounted", 2),
+                       condition("Reconciling", "True", "MoveWaiting", waiting, 2)],
+    }));
+    assert_eq!(progress_line(&v), "toto/db  Bound  ready  node-1");
+}
+
+#[test]
 fn a_line_is_shown_only_when_it_changes() {
     let mut lines = Lines::default();
     let v = ready_on("node-1", 3);

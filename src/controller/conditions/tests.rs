@@ -10,6 +10,7 @@ fn synced() -> Check {
 
 fn report(ready: Outcome) -> Report {
     Report {
+        waiting: None,
         ready,
         synced: synced(),
         running: None,
@@ -71,6 +72,7 @@ fn counts_phases_and_stalled_volumes() {
 #[test]
 fn a_ready_volume_has_ready_synced_and_app_running() {
     let r = Report {
+        waiting: None,
         ready: bound(),
         synced: synced(),
         running: Some(Check::ok(Reason::Running, "1 task runs on node-1")),
@@ -113,8 +115,41 @@ fn waiting_is_reconciling_and_user_errors_are_stalled() {
 }
 
 #[test]
+fn a_ready_volume_whose_move_waits_is_ready_and_reconciling_with_the_reason() {
+    let r = Report {
+        waiting: Some(Check::failed(
+            Reason::MoveWaiting,
+            "cannot move to node-2 yet: the berth agent of node-2 does not answer",
+        )),
+        ..report(bound())
+    };
+    let s = status(&r, Some(2), Binding::default(), None, at(100));
+    assert_eq!(
+        types(&s),
+        [("Ready", "True"), ("Reconciling", "True"), ("Synced", "True")]
+    );
+    assert_eq!(s.conditions[1].reason, "MoveWaiting");
+    assert!(s.conditions[1].message.contains("does not answer"));
+    // Once the move no longer waits, the condition goes.
+    let s = status(&report(bound()), Some(2), Binding::default(), Some(&s), at(200));
+    assert_eq!(types(&s), [("Ready", "True"), ("Synced", "True")]);
+    // A volume that is not ready says what it waits for itself.
+    let r = Report {
+        waiting: Some(Check::failed(Reason::MoveWaiting, "x")),
+        ..report(Outcome::new(
+            Phase::Provisioning,
+            Reason::HostUnavailable,
+            "agent down",
+        ))
+    };
+    let s = status(&r, Some(2), Binding::default(), None, at(100));
+    assert_eq!(s.conditions[1].reason, "HostUnavailable");
+}
+
+#[test]
 fn a_ready_volume_that_cannot_be_checked_stays_ready() {
     let r = Report {
+        waiting: None,
         ready: bound(),
         synced: Check::failed(Reason::MarathonUnavailable, "Marathon is unreachable since 12:00"),
         running: None,

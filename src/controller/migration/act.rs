@@ -438,6 +438,7 @@ async fn end(ctx: &Context, obs: &Observed, m: &AppMove, host: &str, message: &s
     for mv in &m.volumes {
         let v = &obs.volumes[mv.index];
         let report = Report {
+            waiting: None,
             ready: Outcome::new(Phase::Bound, Reason::Bound, message),
             synced: checked(),
             running: None,
@@ -505,6 +506,7 @@ fn step_report(m: &AppMove, status: &MigrationStatus) -> Report {
         ),
     };
     Report {
+        waiting: None,
         ready,
         synced: checked(),
         running: None,

@@ -67,6 +67,7 @@ pub async fn run(ctx: &Context, obs: &mut Observed) -> Option<Duration> {
                         .publish(&v.obj, &VolumeEvent::warning("MoveBlocked", &note))
                         .await;
                 }
+                obs.move_waiting = Some(note);
                 return None;
             }
         }
@@ -101,12 +102,12 @@ pub async fn run(ctx: &Context, obs: &mut Observed) -> Option<Duration> {
 /// The move waits for something berth cannot change: the volumes stay bound where they are,
 /// and a warning event says why (repeats of one note add to its count, not to the events).
 async fn wait_to_move(ctx: &Context, obs: &mut Observed, note: String) {
-    obs.move_waiting = true;
     for v in obs.volumes.iter().filter(|v| v.request().is_some()) {
         ctx.kube
             .publish(&v.obj, &VolumeEvent::warning("MoveWaiting", &note))
             .await;
     }
+    obs.move_waiting = Some(note);
 }
 
 /// What the app's volumes hold, as their hosts last measured it.

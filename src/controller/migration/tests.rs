@@ -88,7 +88,7 @@ pub(crate) fn observed(volumes: Vec<Vol>, app: App) -> Observed {
         agent_app: None,
         marathon_down_for: None,
         move_blocked: None,
-        move_waiting: false,
+        move_waiting: None,
     }
 }
 

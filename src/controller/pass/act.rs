@@ -109,6 +109,7 @@ pub async fn provision(ctx: &Context, obs: &Observed, plan: &Provision) -> Provi
         }
         let v = &obs.volumes[i];
         let report = conditions::Report {
+            waiting: None,
             ready: Outcome::new(
                 Phase::Provisioning,
                 Reason::Provisioning,
@@ -370,6 +371,7 @@ async fn release(ctx: &Context, obs: &Observed, v: &Vol, release: &Release) -> b
                         )
                     };
                     let report = conditions::Report {
+                        waiting: None,
                         ready: Outcome::new(Phase::Released, reason, why),
                         synced,
                         running: None,

@@ -149,8 +149,9 @@ pub struct Observed {
     /// changes something (reported as a conflict).
     pub move_blocked: Option<String>,
     /// The app's data waits to move (its target does not answer, has no room, or the last move
-    /// was abandoned a moment ago): it stays bound where it is meanwhile.
-    pub move_waiting: bool,
+    /// was abandoned a moment ago), and why: it stays bound where it is meanwhile, and the
+    /// volumes say why (`Reconciling`, reason `MoveWaiting`).
+    pub move_waiting: Option<String>,
 }
 
 /// Runs one pass over `app_id`; returns when to look at the app again.

@@ -36,7 +36,7 @@ pub async fn observe(ctx: &Context, app_id: &str) -> Observed {
         agent_app: ctx.settings.agent_app.clone(),
         marathon_down_for: ctx.marathon_down_for(),
         move_blocked: None,
-        move_waiting: false,
+        move_waiting: None,
     };
     if plan::needs_candidates(&obs) {
         obs.candidates = ctx

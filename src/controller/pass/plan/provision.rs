@@ -34,7 +34,7 @@ pub fn placement_input(obs: &Observed) -> PlacementInput<'_> {
                 .as_ref()
                 .is_some_and(|r| Some(r.host.as_str()) != req.host.as_deref());
             if let Some(h) = req.host.as_deref()
-                && !(obs.move_waiting && recorded_elsewhere)
+                && !(obs.move_waiting.is_some() && recorded_elsewhere)
             {
                 input.requested.push((v.name.as_str(), h));
             }

@@ -47,7 +47,7 @@ pub fn report(
         settings,
     };
     let mut requeue = Requeue::default();
-    let volumes = obs
+    let mut volumes: Vec<VolumeReport> = obs
         .volumes
         .iter()
         .enumerate()
@@ -83,6 +83,14 @@ pub fn report(
             .any(|r| r.as_ref().is_err_and(|f| f.kind != Kind::Refused))
     {
         requeue.backoff = true;
+    }
+    if let Some(note) = &obs.move_waiting {
+        // Ready where they are; the spec's host is not met yet, and this says why.
+        for r in &mut volumes {
+            if let Some((report, _)) = &mut r.status {
+                report.waiting = Some(Check::failed(Reason::MoveWaiting, note.clone()));
+            }
+        }
     }
     Report { volumes, requeue }
 }
@@ -193,6 +201,7 @@ fn kept_report(v: &Vol) -> Option<conditions::Report> {
         })
     };
     Some(conditions::Report {
+        waiting: None,
         ready,
         synced: check("Synced")?,
         running: check("AppRunning"),
@@ -245,6 +254,7 @@ impl Ctx<'_> {
     fn refused(&self, i: usize, v: &Vol, msg: &str) -> VolumeReport {
         let ready = Outcome::new(Phase::Failed, Reason::InvalidSpec, msg);
         let report = conditions::Report {
+            waiting: None,
             ready,
             synced: checked(),
             running: None,
@@ -273,6 +283,7 @@ impl Ctx<'_> {
             ),
         );
         let report = conditions::Report {
+            waiting: None,
             ready,
             synced: checked(),
             running: None,
@@ -298,6 +309,7 @@ impl Ctx<'_> {
                 })
             });
             let report = conditions::Report {
+                waiting: None,
                 ready,
                 synced,
                 running,
@@ -312,6 +324,7 @@ impl Ctx<'_> {
             .unwrap_or(Phase::Pending);
         let ready = Outcome::new(phase, synced.reason, synced.message.clone());
         let report = conditions::Report {
+            waiting: None,
             ready,
             synced,
             running: None,
@@ -326,6 +339,7 @@ impl Ctx<'_> {
                 return self.unchecked(i, v, self.obs.marathon_down_for, synced);
             }
             let report = conditions::Report {
+                waiting: None,
                 ready: stop.clone(),
                 synced: checked(),
                 running: None,
@@ -439,6 +453,7 @@ impl Ctx<'_> {
                     return unchanged(i);
                 }
                 let report = conditions::Report {
+                    waiting: None,
                     ready,
                     synced: checked(),
                     running: None,
@@ -461,6 +476,7 @@ impl Ctx<'_> {
                     ),
                 );
                 let report = conditions::Report {
+                    waiting: None,
                     ready,
                     synced: checked(),
                     running: None,
@@ -474,6 +490,7 @@ impl Ctx<'_> {
                 let phase = if bound_data { Phase::Bound } else { Phase::Failed };
                 let ready = Outcome::new(phase, reason, format!("on {host}: {}", f.message));
                 let report = conditions::Report {
+                    waiting: None,
                     ready,
                     synced: checked(),
                     running: None,
@@ -487,6 +504,7 @@ impl Ctx<'_> {
                     format!("the agent of {host} refused the volume: {}", f.message),
                 );
                 let report = conditions::Report {
+                    waiting: None,
                     ready,
                     synced: checked(),
                     running: None,
@@ -507,6 +525,7 @@ impl Ctx<'_> {
     ) -> Option<conditions::Report> {
         let app = found_app(self.obs)?;
         let report = |ready: Outcome| conditions::Report {
+            waiting: None,
             ready,
             synced: checked(),
             running: None,
@@ -582,6 +601,7 @@ impl Ctx<'_> {
         let path = &v.obj.spec.container_path;
         if let Some(d) = diagnosis::mount_failure(app, std::slice::from_ref(path)) {
             return Some(conditions::Report {
+                waiting: None,
                 ready: Outcome::new(Phase::Failed, d.reason, d.message),
                 synced: checked(),
                 running: Some(Check::failed(Reason::NoTasks, "the app's tasks fail to start")),
@@ -629,6 +649,7 @@ impl Ctx<'_> {
             // Not bound yet: the deployment that mounts it is still running.
             if blocked {
                 return Some(conditions::Report {
+                    waiting: None,
                     ready: Outcome::new(Phase::Provisioning, running.reason, running.message.clone()),
                     synced: checked(),
                     running: None,
@@ -637,6 +658,7 @@ impl Ctx<'_> {
             return None;
         }
         Some(conditions::Report {
+            waiting: None,
             ready: Outcome::new(
                 Phase::Bound,
                 Reason::Bound,
@@ -667,6 +689,7 @@ impl Ctx<'_> {
             };
             let ready = Outcome::new(Phase::Released, Reason::Deleting, why);
             let report = conditions::Report {
+                waiting: None,
                 ready,
                 synced: checked(),
                 running: None,

@@ -389,6 +389,42 @@ async fn another_tenants_volume_and_a_forged_status_take_no_part() {
 }
 
 #[tokio::test]
+async fn a_move_to_a_host_without_an_agent_waits_and_the_volumes_say_why() {
+    let (world, ctx) = bound_pair().await;
+    for (name, container, path) in [("a", "/a", "/data/a"), ("b", "/b", "/data/b")] {
+        let mut spec = spec(container, path);
+        spec["placement"] = json!({"host": "node-9"});
+        world.apply(volume("toto", name, spec));
+    }
+    pass(&ctx).await;
+    let calls = world.take();
+    assert_eq!(
+        count(&calls, |c| matches!(c, Call::UpdateApp(_) | Call::RestartApp)),
+        0,
+        "{calls:#?}"
+    );
+    for (name, s) in statuses(&calls) {
+        assert_eq!(ready(&s), ("True".into(), "Bound".into()), "{name}");
+        let c = s
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Reconciling")
+            .unwrap_or_else(|| panic!("{name}: no Reconciling in {:?}", s.conditions));
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "MoveWaiting"));
+        assert!(c.message.contains("node-9 does not answer"), "{}", c.message);
+    }
+    assert_eq!(statuses(&calls).len(), 2, "{calls:#?}");
+    // While it waits nothing is written again: the same status, one event counted up.
+    pass(&ctx).await;
+    let calls = world.take();
+    assert_eq!(statuses(&calls).len(), 0, "{calls:#?}");
+    assert_eq!(
+        count(&calls, |c| matches!(c, Call::UpdateApp(_) | Call::RestartApp)),
+        0
+    );
+}
+
+#[tokio::test]
 async fn changing_the_app_of_a_bound_volume_holds_it_where_it_is() {
     let (world, ctx) = bound_pair().await;
     let before = world.app();
