@@ -568,23 +568,37 @@ async fn move_data(source: &support_agent::migration::Host, target: &support_age
     );
 }
 
+/// A source and a target host with their roots in `parent` (quota enabled with `quota`), each
+/// with `/data` ensured with its capacity; the answers of both ensures.
+async fn hosts_with_volume(
+    parent: &Path,
+    quota: bool,
+) -> (
+    support_agent::migration::Host,
+    support_agent::migration::Host,
+    Vec<berth::agent::api::EnsuredVolume>,
+) {
+    use support_agent::migration::Host;
+    let source = Host::in_dir("node-1", 165536, parent, quota).await;
+    let target = Host::in_dir("node-2", 231072, parent, quota).await;
+    let mut ensured = Vec::new();
+    for h in [&source, &target] {
+        let body = moving_body(berth::agent::identity::Expect::New);
+        ensured.push(h.client.ensure_volume_with_capacity(&body).await.unwrap());
+    }
+    (source, target, ensured)
+}
+
 /// A volume held to its capacity by a btrfs qgroup moves to another host and is still held
 /// to it there: the copy is staged as a subvolume, like the empty volume it replaces, so the
 /// target's next ensure sets its limit, and a write past it fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_moved_volume_is_still_held_to_its_capacity() {
     use berth::agent::identity::Expect;
-    use support_agent::migration::Host;
 
     let fs = LoopBtrfs::new(400);
-    let source = Host::in_dir("node-1", 165536, &fs.path(""), true).await;
-    let target = Host::in_dir("node-2", 231072, &fs.path(""), true).await;
-    for h in [&source, &target] {
-        let v = h
-            .client
-            .ensure_volume_with_capacity(&moving_body(Expect::New))
-            .await
-            .unwrap();
+    let (source, target, ensured) = hosts_with_volume(&fs.path(""), true).await;
+    for v in ensured {
         assert!(v.limit.as_ref().unwrap().enforced, "{:?}", v.limit);
     }
     move_data(&source, &target).await;
@@ -620,17 +634,10 @@ async fn a_moved_volume_is_still_held_to_its_capacity() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_moved_volume_keeps_its_xfs_project_id_on_every_file() {
     use berth::agent::identity::Expect;
-    use support_agent::migration::Host;
 
     let fs = LoopXfs::new(512);
-    let source = Host::in_dir("node-1", 165536, &fs.path(""), false).await;
-    let target = Host::in_dir("node-2", 231072, &fs.path(""), false).await;
-    for h in [&source, &target] {
-        let v = h
-            .client
-            .ensure_volume_with_capacity(&moving_body(Expect::New))
-            .await
-            .unwrap();
+    let (source, target, ensured) = hosts_with_volume(&fs.path(""), false).await;
+    for v in ensured {
         assert_eq!(
             v.limit.as_ref().unwrap().kind,
             QuotaKind::XfsProject,
