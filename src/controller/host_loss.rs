@@ -113,10 +113,10 @@ pub async fn run(ctx: &Context, obs: &Observed) -> Option<Duration> {
             humantime::format_duration(Duration::from_secs(away.as_secs()))
         );
         let report = Report {
-            waiting: None,
             ready: Outcome::new(Phase::Provisioning, Reason::Reprovisioned, message.clone()),
             synced: Check::ok(Reason::Checked, "berth's last pass reached Marathon"),
             running: None,
+            waiting: None,
         };
         let binding = Binding {
             host: Some(host.clone()),
@@ -184,13 +184,13 @@ async fn check_orphans(ctx: &Context, obs: &Observed) {
             continue;
         };
         let report = Report {
-            waiting: None,
             ready: previous_outcome(previous),
             synced: Check::ok(
                 Reason::Checked,
                 "berth's last pass reached Marathon and the host's agent",
             ),
             running: None,
+            waiting: None,
         };
         let binding = Binding {
             host: Some(r.host.clone()),

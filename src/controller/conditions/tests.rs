@@ -10,10 +10,10 @@ fn synced() -> Check {
 
 fn report(ready: Outcome) -> Report {
     Report {
-        waiting: None,
         ready,
         synced: synced(),
         running: None,
+        waiting: None,
     }
 }
 
@@ -72,10 +72,10 @@ fn counts_phases_and_stalled_volumes() {
 #[test]
 fn a_ready_volume_has_ready_synced_and_app_running() {
     let r = Report {
-        waiting: None,
         ready: bound(),
         synced: synced(),
         running: Some(Check::ok(Reason::Running, "1 task runs on node-1")),
+        waiting: None,
     };
     let s = status(
         &r,
@@ -149,10 +149,10 @@ fn a_ready_volume_whose_move_waits_is_ready_and_reconciling_with_the_reason() {
 #[test]
 fn a_ready_volume_that_cannot_be_checked_stays_ready() {
     let r = Report {
-        waiting: None,
         ready: bound(),
         synced: Check::failed(Reason::MarathonUnavailable, "Marathon is unreachable since 12:00"),
         running: None,
+        waiting: None,
     };
     let s = status(&r, Some(1), Binding::default(), None, at(100));
     assert_eq!(types(&s), [("Ready", "True"), ("Synced", "False")]);

@@ -438,10 +438,10 @@ async fn end(ctx: &Context, obs: &Observed, m: &AppMove, host: &str, message: &s
     for mv in &m.volumes {
         let v = &obs.volumes[mv.index];
         let report = Report {
-            waiting: None,
             ready: Outcome::new(Phase::Bound, Reason::Bound, message),
             synced: checked(),
             running: None,
+            waiting: None,
         };
         let binding = Binding {
             host: Some(host.to_owned()),
@@ -506,10 +506,10 @@ fn step_report(m: &AppMove, status: &MigrationStatus) -> Report {
         ),
     };
     Report {
-        waiting: None,
         ready,
         synced: checked(),
         running: None,
+        waiting: None,
     }
 }
 

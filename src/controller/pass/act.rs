@@ -109,7 +109,6 @@ pub async fn provision(ctx: &Context, obs: &Observed, plan: &Provision) -> Provi
         }
         let v = &obs.volumes[i];
         let report = conditions::Report {
-            waiting: None,
             ready: Outcome::new(
                 Phase::Provisioning,
                 Reason::Provisioning,
@@ -123,6 +122,7 @@ pub async fn provision(ctx: &Context, obs: &Observed, plan: &Provision) -> Provi
                 "berth's last pass reached Marathon and the host's agent",
             ),
             running: None,
+            waiting: None,
         };
         let binding = Binding {
             host: Some(host.clone()),
@@ -371,10 +371,10 @@ async fn release(ctx: &Context, obs: &Observed, v: &Vol, release: &Release) -> b
                         )
                     };
                     let report = conditions::Report {
-                        waiting: None,
                         ready: Outcome::new(Phase::Released, reason, why),
                         synced,
                         running: None,
+                        waiting: None,
                     };
                     let binding = super::plan::kept_binding(v);
                     if let Err(e) = write_status(ctx, v, &report, binding, None, false).await {

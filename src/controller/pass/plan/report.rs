@@ -201,10 +201,10 @@ fn kept_report(v: &Vol) -> Option<conditions::Report> {
         })
     };
     Some(conditions::Report {
-        waiting: None,
         ready,
         synced: check("Synced")?,
         running: check("AppRunning"),
+        waiting: None,
     })
 }
 
@@ -254,10 +254,10 @@ impl Ctx<'_> {
     fn refused(&self, i: usize, v: &Vol, msg: &str) -> VolumeReport {
         let ready = Outcome::new(Phase::Failed, Reason::InvalidSpec, msg);
         let report = conditions::Report {
-            waiting: None,
             ready,
             synced: checked(),
             running: None,
+            waiting: None,
         };
         with_status(i, report, kept_binding(v), v)
     }
@@ -283,10 +283,10 @@ impl Ctx<'_> {
             ),
         );
         let report = conditions::Report {
-            waiting: None,
             ready,
             synced: checked(),
             running: None,
+            waiting: None,
         };
         with_status(i, report, kept_binding(v), v)
     }
@@ -309,10 +309,10 @@ impl Ctx<'_> {
                 })
             });
             let report = conditions::Report {
-                waiting: None,
                 ready,
                 synced,
                 running,
+                waiting: None,
             };
             return with_status(i, report, kept_binding(v), v);
         }
@@ -324,10 +324,10 @@ impl Ctx<'_> {
             .unwrap_or(Phase::Pending);
         let ready = Outcome::new(phase, synced.reason, synced.message.clone());
         let report = conditions::Report {
-            waiting: None,
             ready,
             synced,
             running: None,
+            waiting: None,
         };
         with_status(i, report, kept_binding(v), v)
     }
@@ -339,10 +339,10 @@ impl Ctx<'_> {
                 return self.unchecked(i, v, self.obs.marathon_down_for, synced);
             }
             let report = conditions::Report {
-                waiting: None,
                 ready: stop.clone(),
                 synced: checked(),
                 running: None,
+                waiting: None,
             };
             return with_status(i, report, kept_binding(v), v);
         }
@@ -453,10 +453,10 @@ impl Ctx<'_> {
                     return unchanged(i);
                 }
                 let report = conditions::Report {
-                    waiting: None,
                     ready,
                     synced: checked(),
                     running: None,
+                    waiting: None,
                 };
                 with_status(i, report, kept_binding(v), v)
             }
@@ -476,10 +476,10 @@ impl Ctx<'_> {
                     ),
                 );
                 let report = conditions::Report {
-                    waiting: None,
                     ready,
                     synced: checked(),
                     running: None,
+                    waiting: None,
                 };
                 with_status(i, report, kept_binding(v), v)
             }
@@ -490,10 +490,10 @@ impl Ctx<'_> {
                 let phase = if bound_data { Phase::Bound } else { Phase::Failed };
                 let ready = Outcome::new(phase, reason, format!("on {host}: {}", f.message));
                 let report = conditions::Report {
-                    waiting: None,
                     ready,
                     synced: checked(),
                     running: None,
+                    waiting: None,
                 };
                 with_status(i, report, kept_binding(v), v)
             }
@@ -504,10 +504,10 @@ impl Ctx<'_> {
                     format!("the agent of {host} refused the volume: {}", f.message),
                 );
                 let report = conditions::Report {
-                    waiting: None,
                     ready,
                     synced: checked(),
                     running: None,
+                    waiting: None,
                 };
                 with_status(i, report, kept_binding(v), v)
             }
@@ -525,10 +525,10 @@ impl Ctx<'_> {
     ) -> Option<conditions::Report> {
         let app = found_app(self.obs)?;
         let report = |ready: Outcome| conditions::Report {
-            waiting: None,
             ready,
             synced: checked(),
             running: None,
+            waiting: None,
         };
         match (self.action, self.app_result) {
             (AppAction::Update { fields, .. }, Some(Ok(res))) => {
@@ -601,10 +601,10 @@ impl Ctx<'_> {
         let path = &v.obj.spec.container_path;
         if let Some(d) = diagnosis::mount_failure(app, std::slice::from_ref(path)) {
             return Some(conditions::Report {
-                waiting: None,
                 ready: Outcome::new(Phase::Failed, d.reason, d.message),
                 synced: checked(),
                 running: Some(Check::failed(Reason::NoTasks, "the app's tasks fail to start")),
+                waiting: None,
             });
         }
         let deploying: Vec<&str> = app.deployments.iter().flatten().map(|d| d.id.as_str()).collect();
@@ -649,16 +649,15 @@ impl Ctx<'_> {
             // Not bound yet: the deployment that mounts it is still running.
             if blocked {
                 return Some(conditions::Report {
-                    waiting: None,
                     ready: Outcome::new(Phase::Provisioning, running.reason, running.message.clone()),
                     synced: checked(),
                     running: None,
+                    waiting: None,
                 });
             }
             return None;
         }
         Some(conditions::Report {
-            waiting: None,
             ready: Outcome::new(
                 Phase::Bound,
                 Reason::Bound,
@@ -669,6 +668,7 @@ impl Ctx<'_> {
             ),
             synced: checked(),
             running: Some(running),
+            waiting: None,
         })
     }
 
@@ -689,10 +689,10 @@ impl Ctx<'_> {
             };
             let ready = Outcome::new(Phase::Released, Reason::Deleting, why);
             let report = conditions::Report {
-                waiting: None,
                 ready,
                 synced: checked(),
                 running: None,
+                waiting: None,
             };
             let mut out = with_status(i, report, kept_binding(v), v);
             out.events.clear();
